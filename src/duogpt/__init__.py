@@ -1,0 +1,63 @@
+"""duogpt: dual-sparse (weights + activations) pruning of causal LMs, calibrated without training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__version__ = "0.1.0"
+__all__ = ["prune", "load", "calibrate_activation_sparsity", "__version__"]
+
+
+def prune(
+    model: str | None = None,
+    *,
+    method: str = "duogpt",
+    weight_sparsity: float = 0.5,
+    act_sparsity: float = 0.5,
+    out: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    **settings,
+):
+    """Prune ``model`` (hub id, local path, or None for the default) and return it.
+
+    ``settings`` are the other fields of :class:`duogpt.pipeline.PruneConfig`
+    (pattern, alpha, ridge, correction, calib, nsamples, seqlen, seed, ...). With ``out``
+    the checkpoint is saved there. The returned model has its sparsifiers installed and
+    the run's report at ``model.duogpt_report``.
+    """
+    import torch
+
+    from duogpt import checkpoint, data
+    from duogpt.models import load_model, resolve_model_path
+    from duogpt.pipeline import PruneConfig, prune_model
+
+    cfg = PruneConfig(method=method, weight_sparsity=weight_sparsity, act_sparsity=act_sparsity, **settings)
+    cfg.validate()
+    if out is not None:
+        checkpoint.check_out_dir(out)
+    text = data.load_text(cfg.calib, "calib")
+    lm, tokenizer = load_model(model, device=device)
+    samples = data.calibration_samples(data.tokenize(tokenizer, text), cfg.nsamples, cfg.seqlen, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    result = prune_model(lm, samples, cfg, progress=progress)
+    lm.duogpt_report = result
+    if out is not None:
+        checkpoint.save(lm, tokenizer, result, out, base_model=model or resolve_model_path(None))
+    return lm
+
+
+def load(path: str | Path, device: str = "cpu"):
+    """Load a checkpoint written by ``duogpt prune`` as a transformers model with sparsifiers."""
+    from duogpt import checkpoint
+
+    model, _, _ = checkpoint.load(path, device=device)
+    return model
+
+
+def calibrate_activation_sparsity(model, samples, act_sparsity: float, progress: bool = True) -> dict[str, float]:
+    """Install TEAL-style thresholds on ``model`` (weights untouched), calibrated block by block."""
+    from duogpt.pipeline import PruneConfig, prune_model
+
+    cfg = PruneConfig(method="magnitude", weight_sparsity=0.0, act_sparsity=act_sparsity)
+    return prune_model(model, samples, cfg, progress=progress).thresholds

@@ -1,0 +1,80 @@
+"""Pruned checkpoints: a ``save_pretrained`` directory plus ``duogpt.json``.
+
+``duogpt.json`` holds the method and settings, per-linear weight sparsity and
+reconstruction error, and the activation thresholds ('layers.{i}.{group}' -> tau).
+The directory loads as a plain (dense-format, masked) model with ``transformers``;
+``duogpt.load`` also reinstalls the sparsifiers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from duogpt import sparsify
+from duogpt.errors import UsageError
+from duogpt.pipeline import PruneResult
+
+META_FILE = "duogpt.json"
+FORMAT_VERSION = 1
+
+
+def check_out_dir(out: str | Path, force: bool = False) -> Path:
+    """Refuse an existing non-empty output directory (unless ``force``)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} exists and is not a directory: choose another path")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UsageError(f"--out {str(out)!r} exists and is not empty: choose a new directory or remove it")
+    return out
+
+
+def save(model, tokenizer, result: PruneResult, out: str | Path, base_model: str, force: bool = False) -> Path:
+    """Write the checkpoint under a temporary name beside ``out``, then rename it into place."""
+    out = check_out_dir(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        meta = {"format": "duogpt", "format_version": FORMAT_VERSION, "base_model": base_model, **result.to_json()}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_meta(path: str | Path) -> dict | None:
+    """The parsed ``duogpt.json`` of a checkpoint directory, or None for a plain model."""
+    meta_path = Path(path) / META_FILE
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{meta_path} is not valid JSON ({err}): re-run duogpt prune to rewrite it") from None
+    if not isinstance(meta, dict) or meta.get("format") != "duogpt" or not isinstance(meta.get("thresholds"), dict):
+        raise UsageError(f"{meta_path} is not a duogpt metadata file: re-run duogpt prune to rewrite it")
+    return meta
+
+
+def load(path: str | Path, device: str = "cpu", sparsify_prefill: bool | None = None):
+    """Load a pruned checkpoint with its sparsifiers installed: returns (model, tokenizer, meta)."""
+    from duogpt.models import load_model
+
+    meta = read_meta(path)
+    model, tokenizer = load_model(str(path), device=device)
+    if meta is not None:
+        prefill = meta["config"].get("sparsify_prefill", True) if sparsify_prefill is None else sparsify_prefill
+        thresholds = meta["thresholds"]
+        if not all(isinstance(v, (int, float)) for v in thresholds.values()):
+            raise UsageError(f"{Path(path) / META_FILE} has non-numeric thresholds: re-run duogpt prune")
+        sparsify.install(model, thresholds, prefill)
+    return model, tokenizer, meta

