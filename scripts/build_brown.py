@@ -10,7 +10,6 @@ Writes src/duogpt/data/brown_{calib,eval}.txt.xz, documents separated by blank l
 
 from __future__ import annotations
 
-import io
 import lzma
 import re
 import sys

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from duogpt import __version__
@@ -56,40 +54,152 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"duogpt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("prune", help="prune a model to dual sparsity and save it", description="Prune a model to dual sparsity (weights + activations) and save a checkpoint.")
-    p.add_argument("model", nargs="?", default=None, help="hub id or local checkpoint (default: the embedded SmolLM2-135M-Instruct)")
+    p = sub.add_parser(
+        "prune",
+        help="prune a model to dual sparsity and save it",
+        description="Prune a model to dual sparsity (weights + activations) and save a checkpoint.",
+    )
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="hub id or local checkpoint (default: the embedded SmolLM2-135M-Instruct)",
+    )
     p.add_argument("--method", choices=METHODS, default=_D.method, help="pruning method (default: %(default)s)")
-    p.add_argument("--weight-sparsity", type=_fraction, default=_D.weight_sparsity, metavar="P", help="fraction of weights to prune (default: %(default)s)")
-    p.add_argument("--act-sparsity", type=_fraction, default=_D.act_sparsity, metavar="P", help="fraction of activations zeroed at run time (default: %(default)s)")
-    p.add_argument("--pattern", default=_D.pattern, metavar="N:M", help="'unstructured' or N:M such as 2:4, 4:8 (default: %(default)s)")
-    p.add_argument("--alpha", type=_nonneg, default=_D.alpha, help="DuoGPT residual-correction scale (default: %(default)s)")
-    p.add_argument("--ridge", type=_nonneg, default=_D.ridge, help="DuoGPT target ridge, fraction of mean diag(H) (default: %(default)s)")
-    p.add_argument("--correction", choices=CORRECTIONS, default=_D.correction, help="DuoGPT residual correction (default: %(default)s)")
-    p.add_argument("--calib", default=_D.calib, metavar="SOURCE", help="calibration text: brown, wikitext2, c4, or a .txt/.jsonl file (default: %(default)s)")
-    p.add_argument("--nsamples", type=_positive, default=_D.nsamples, help="calibration sequences (default: %(default)s)")
-    p.add_argument("--seqlen", type=_positive, default=_D.seqlen, help="tokens per calibration sequence (default: %(default)s)")
+    p.add_argument(
+        "--weight-sparsity",
+        type=_fraction,
+        default=_D.weight_sparsity,
+        metavar="P",
+        help="fraction of weights to prune (default: %(default)s)",
+    )
+    p.add_argument(
+        "--act-sparsity",
+        type=_fraction,
+        default=_D.act_sparsity,
+        metavar="P",
+        help="fraction of activations zeroed at run time (default: %(default)s)",
+    )
+    p.add_argument(
+        "--pattern",
+        default=_D.pattern,
+        metavar="N:M",
+        help="'unstructured' or N:M such as 2:4, 4:8 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--alpha", type=_nonneg, default=_D.alpha, help="DuoGPT residual-correction scale (default: %(default)s)"
+    )
+    p.add_argument(
+        "--ridge",
+        type=_nonneg,
+        default=_D.ridge,
+        help="DuoGPT target ridge, fraction of mean diag(H) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--correction",
+        choices=CORRECTIONS,
+        default=_D.correction,
+        help="DuoGPT residual correction (default: %(default)s)",
+    )
+    p.add_argument(
+        "--calib",
+        default=_D.calib,
+        metavar="SOURCE",
+        help="calibration text: brown, wikitext2, c4, or a .txt/.jsonl file (default: %(default)s)",
+    )
+    p.add_argument(
+        "--nsamples", type=_positive, default=_D.nsamples, help="calibration sequences (default: %(default)s)"
+    )
+    p.add_argument(
+        "--seqlen", type=_positive, default=_D.seqlen, help="tokens per calibration sequence (default: %(default)s)"
+    )
     p.add_argument("--seed", type=int, default=_D.seed, help="seed for sample selection (default: %(default)s)")
-    p.add_argument("--batch-size", type=_positive, default=_D.batch_size, help="calibration sequences per forward pass (default: %(default)s)")
-    p.add_argument("--percdamp", type=_nonneg, default=_D.percdamp, help="OBS dampening, fraction of mean diag(H) (default: %(default)s)")
-    p.add_argument("--dense-prefill", action="store_true", help="leave prompt (prefill) activations dense; sparsify decode only")
+    p.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=_D.batch_size,
+        help="calibration sequences per forward pass (default: %(default)s)",
+    )
+    p.add_argument(
+        "--percdamp",
+        type=_nonneg,
+        default=_D.percdamp,
+        help="OBS dampening, fraction of mean diag(H) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--dense-prefill", action="store_true", help="leave prompt (prefill) activations dense; sparsify decode only"
+    )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output checkpoint directory (must not exist or be empty)")
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="output checkpoint directory (must not exist or be empty)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-linear log lines")
 
-    e = sub.add_parser("eval", help="perplexity of a model or pruned checkpoint", description="Perplexity of a model or pruned checkpoint, with its activation sparsifiers active.")
-    e.add_argument("model", nargs="?", default=None, metavar="MODEL_OR_DIR", help="hub id, checkpoint, or duogpt output directory (default: the embedded model)")
-    e.add_argument("--text", default="brown", metavar="SOURCE", help="evaluation text: brown, wikitext2, c4, or a .txt/.jsonl file (default: %(default)s)")
+    e = sub.add_parser(
+        "eval",
+        help="perplexity of a model or pruned checkpoint",
+        description="Perplexity of a model or pruned checkpoint, with its activation sparsifiers active.",
+    )
+    e.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        metavar="MODEL_OR_DIR",
+        help="hub id, checkpoint, or duogpt output directory (default: the embedded model)",
+    )
+    e.add_argument(
+        "--text",
+        default="brown",
+        metavar="SOURCE",
+        help="evaluation text: brown, wikitext2, c4, or a .txt/.jsonl file (default: %(default)s)",
+    )
     group = e.add_mutually_exclusive_group()
-    group.add_argument("--act-sparsity", type=_fraction, default=None, metavar="P", help="calibrate fresh thresholds for P on the calibration text (TEAL-style)")
-    group.add_argument("--no-act-sparsity", action="store_true", help="remove the checkpoint's sparsifiers (dense activations)")
-    e.add_argument("--calib", default="brown", metavar="SOURCE", help="text for --act-sparsity thresholds (default: %(default)s)")
+    group.add_argument(
+        "--act-sparsity",
+        type=_fraction,
+        default=None,
+        metavar="P",
+        help="calibrate fresh thresholds for P on the calibration text (TEAL-style)",
+    )
+    group.add_argument(
+        "--no-act-sparsity", action="store_true", help="remove the checkpoint's sparsifiers (dense activations)"
+    )
+    e.add_argument(
+        "--calib", default="brown", metavar="SOURCE", help="text for --act-sparsity thresholds (default: %(default)s)"
+    )
     e.add_argument("--seqlen", type=_positive, default=512, help="tokens per evaluation window (default: %(default)s)")
-    e.add_argument("--max-windows", type=_positive, default=32, help="evaluation windows, spread over the text (default: %(default)s)")
+    e.add_argument(
+        "--max-windows",
+        type=_positive,
+        default=32,
+        help="evaluation windows, spread over the text (default: %(default)s)",
+    )
     e.add_argument("--batch-size", type=_positive, default=4, help="windows per forward pass (default: %(default)s)")
     e.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     e.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
+    r = sub.add_parser(
+        "report",
+        help="compare evaluation results in one table",
+        description="Compare duogpt eval --json results; ratios are against the first file.",
+    )
+    r.add_argument("results", nargs="+", metavar="RESULT_JSON", help="files written by duogpt eval --json")
+    r.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown")
+    r.add_argument("--csv", metavar="PATH", help="also write the table as CSV")
     return parser
+
+
+def _report(args) -> int:
+    from duogpt import report
+
+    rows = report.table_rows(report.load_results(args.results))
+    text = report.markdown(report.COLUMNS, rows)
+    print(text, end="")
+    if args.markdown:
+        report.write_atomic(args.markdown, text)
+    if args.csv:
+        report.write_atomic(args.csv, report.csv_text(report.COLUMNS, rows))
+    return 0
 
 
 def _prune(args) -> int:
@@ -98,10 +208,20 @@ def _prune(args) -> int:
     from duogpt.pipeline import prune_model
 
     cfg = PruneConfig(
-        method=args.method, weight_sparsity=args.weight_sparsity, act_sparsity=args.act_sparsity,
-        pattern=args.pattern, alpha=args.alpha, ridge=args.ridge, correction=args.correction,
-        calib=args.calib, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
-        batch_size=args.batch_size, percdamp=args.percdamp, sparsify_prefill=not args.dense_prefill,
+        method=args.method,
+        weight_sparsity=args.weight_sparsity,
+        act_sparsity=args.act_sparsity,
+        pattern=args.pattern,
+        alpha=args.alpha,
+        ridge=args.ridge,
+        correction=args.correction,
+        calib=args.calib,
+        nsamples=args.nsamples,
+        seqlen=args.seqlen,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        percdamp=args.percdamp,
+        sparsify_prefill=not args.dense_prefill,
     )
     cfg.validate()
     checkpoint.check_out_dir(args.out)
@@ -114,8 +234,10 @@ def _prune(args) -> int:
     result = prune_model(model, samples, cfg, progress=not args.quiet)
     base = args.model or resolve_model_path(None)
     out = checkpoint.save(model, tokenizer, result, args.out, base_model=base)
-    print(f"pruned with {cfg.method} to {cfg.weight_sparsity:.0%} weights / {cfg.act_sparsity:.0%} activations "
-          f"in {result.seconds:.1f} s -> {out}")
+    print(
+        f"pruned with {cfg.method} to {cfg.weight_sparsity:.0%} weights / {cfg.act_sparsity:.0%} activations "
+        f"in {result.seconds:.1f} s -> {out}"
+    )
     return 0
 
 
@@ -123,8 +245,8 @@ def _eval(args) -> int:
     from duogpt import calibrate_activation_sparsity, checkpoint, data, sparsify
     from duogpt.evaluate import perplexity
 
-    if args.json:
-        _check_writable(args.json)
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        raise UsageError(f"--json {args.json!r}: its directory does not exist: create it first")
     text = data.load_text(args.text, "eval")
     if args.model is not None and Path(args.model).is_dir():
         model, tokenizer, meta = checkpoint.load(args.model, device=args.device)
@@ -140,11 +262,19 @@ def _eval(args) -> int:
         calibrate_activation_sparsity(model, samples, args.act_sparsity, progress=not args.quiet)
     windows = data.eval_windows(data.tokenize(tokenizer, text), args.seqlen, args.max_windows)
     result = perplexity(model, windows, args.batch_size, progress=not args.quiet)
-    report = {"model": args.model or "default", "text": args.text, "method": meta and meta["config"]["method"], **result.to_json()}
+    report = {
+        "model": args.model or "default",
+        "text": args.text,
+        "method": meta and meta["config"]["method"],
+        **result.to_json(),
+    }
     act = "dense" if result.activation_sparsity is None else f"{result.activation_sparsity:.3f}"
     rows = [
         ("model", report["model"]),
-        ("perplexity", f"{result.perplexity:.3f}  (halves {result.half_perplexities[0]:.2f} / {result.half_perplexities[1]:.2f})"),
+        (
+            "perplexity",
+            f"{result.perplexity:.3f}  (halves {result.half_perplexities[0]:.2f} / {result.half_perplexities[1]:.2f})",
+        ),
         ("tokens", str(result.tokens)),
         ("weight sparsity", f"{result.weight_sparsity:.3f}"),
         ("activation sparsity", act),
@@ -155,22 +285,10 @@ def _eval(args) -> int:
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     if args.json:
-        _write_json_atomic(args.json, report)
+        from duogpt.report import write_atomic
+
+        write_atomic(args.json, json.dumps(report, indent=1))
     return 0
-
-
-def _check_writable(path: str) -> None:
-    parent = Path(path).resolve().parent
-    if not parent.is_dir():
-        raise UsageError(f"--json {path!r}: directory {str(parent)!r} does not exist: create it first")
-
-
-def _write_json_atomic(path: str, obj: dict) -> None:
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.resolve().parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, target)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,8 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("transformers", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bars cover the long work
     try:
-        return {"prune": _prune, "eval": _eval}[args.command](args)
+        return {"prune": _prune, "eval": _eval, "report": _report}[args.command](args)
     except UsageError as err:
         print(f"duogpt {args.command}: error: {err}", file=sys.stderr)
         return 2

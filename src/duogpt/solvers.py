@@ -13,6 +13,7 @@ so DuoGPT is the OBS/SparseGPT sweep with the sparse-input Hessian and a correct
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 
@@ -101,6 +102,42 @@ def wanda(W: torch.Tensor, norms2: torch.Tensor, sparsity: float, pattern: Patte
     return W.masked_fill(mask, 0)
 
 
+def magnitude_reference(W: torch.Tensor, sparsity: float, pattern: Pattern = Pattern()) -> torch.Tensor:
+    """Slow magnitude pruning: sort every |W| (or each N:M group) and zero the smallest."""
+    out = W.clone()
+    if pattern.structured:
+        for r in range(W.shape[0]):
+            for start in range(0, W.shape[1], pattern.m):
+                group = list(range(start, min(start + pattern.m, W.shape[1])))
+                count = pattern.n * len(group) // pattern.m
+                for c in sorted(group, key=lambda c: float(W[r, c].abs()))[:count]:
+                    out[r, c] = 0
+        return out
+    order = sorted(range(W.numel()), key=lambda i: float(W.reshape(-1)[i].abs()))
+    out.view(-1)[order[: round(sparsity * W.numel())]] = 0
+    return out
+
+
+def wanda_reference(W: torch.Tensor, norms2: torch.Tensor, sparsity: float, pattern: Pattern = Pattern()):
+    """Slow Wanda: per row, sort |W_ij| * ||X_j|| and zero the smallest (or within N:M groups)."""
+    out = W.clone()
+    norms = norms2.double().sqrt()
+    for r in range(W.shape[0]):
+
+        def score(c: int, r: int = r) -> float:
+            return float(W[r, c].abs().double() * norms[c])
+
+        if pattern.structured:
+            for start in range(0, W.shape[1], pattern.m):
+                group = list(range(start, min(start + pattern.m, W.shape[1])))
+                for c in sorted(group, key=score)[: pattern.n * len(group) // pattern.m]:
+                    out[r, c] = 0
+        else:
+            for c in sorted(range(W.shape[1]), key=score)[: round(sparsity * W.shape[1])]:
+                out[r, c] = 0
+    return out
+
+
 # --------------------------------------------------------------------------- OBS sweep
 
 
@@ -127,7 +164,7 @@ def _inverse_cholesky_upper(H: torch.Tensor) -> torch.Tensor:
 def _block_counts(n_rows: int, cols: int, blocksize: int, sparsity: float) -> list[int]:
     """Pruned count per column block so that the whole matrix gets round(sparsity * numel)."""
     edges = list(range(0, cols, blocksize)) + [cols]
-    return [round(sparsity * n_rows * b) - round(sparsity * n_rows * a) for a, b in zip(edges, edges[1:])]
+    return [round(sparsity * n_rows * b) - round(sparsity * n_rows * a) for a, b in pairwise(edges)]
 
 
 def obs_sweep(

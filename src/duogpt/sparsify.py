@@ -94,7 +94,9 @@ def install(model: nn.Module, thresholds: dict[str, float], sparsify_prefill: bo
     by_name = {f"layers.{b.index}.{g}": (b, g) for b in blocks for g in GROUPS}
     for name, tau in thresholds.items():
         if name not in by_name:
-            raise UsageError(f"threshold for {name!r} does not match the model: its blocks are layers.0..{len(blocks) - 1}")
+            raise UsageError(
+                f"threshold for {name!r} does not match the model: its blocks are layers.0..{len(blocks) - 1}"
+            )
         block, group = by_name[name]
         if name in registry:
             registry[name].threshold = float(tau)
@@ -128,7 +130,7 @@ def disabled(model: nn.Module):
     try:
         yield
     finally:
-        for sp, state in zip(sps, before):
+        for sp, state in zip(sps, before, strict=True):
             sp.enabled = state
             sp.forget()
 

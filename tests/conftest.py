@@ -1,0 +1,72 @@
+"""Tiny randomly initialised models and a byte-level tokenizer, built in the tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+
+TEXT = (
+    "The jury further said in term-end presentments that the City Executive Committee, which had "
+    "over-all charge of the election, deserves the praise and thanks of the City of Atlanta for the "
+    "manner in which the election was conducted. "
+)
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A 256-token byte-level tokenizer (no merges), built offline."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=sorted(alphabet)[0])
+
+
+def tiny_llama_config(**overrides) -> LlamaConfig:
+    settings = dict(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
+    settings.update(overrides)
+    return LlamaConfig(**settings)
+
+
+def tiny_model(config=None, seed: int = 0):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config or tiny_llama_config(), dtype=torch.float32)
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_llama():
+    return tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A saved tiny Llama checkpoint directory with its tokenizer."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    tiny_model().save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "corpus.txt"
+    path.write_text(TEXT * 40)
+    return path
+
+
+@pytest.fixture
+def samples():
+    torch.manual_seed(1)
+    return torch.randint(0, 256, (8, 32))
