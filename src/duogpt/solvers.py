@@ -186,9 +186,10 @@ def obs_sweep(
     _check(sparsity)
     n_rows, cols = W.shape
     Hd, dead = dampen(H, percdamp)
-    W = W.double().clone()
+    W = W.float().clone()  # the sweep runs in float32; the factorisation in float64
     W[:, dead] = 0
-    U = _inverse_cholesky_upper(Hd)
+    U = _inverse_cholesky_upper(Hd).float()
+    P = None if P is None else P.float()
     counts = _block_counts(n_rows, cols, blocksize, sparsity)
     for b, i1 in enumerate(range(0, cols, blocksize)):
         i2 = min(i1 + blocksize, cols)
@@ -222,7 +223,7 @@ def obs_sweep(
         W[:, i2:] -= errs @ U[i1:i2, i2:]
         if P is not None:
             W[:, i2:] += kept @ P[i1:i2, i2:]
-    return W.float()
+    return W
 
 
 def obs_sweep_reference(
