@@ -43,7 +43,7 @@ def test_cli_prune_and_eval_default_model(tmp_path, capsys):
     report = tmp_path / "eval.json"
     assert main(["eval", str(out), "--seqlen", "128", "--max-windows", "4", "--json", str(report), "--quiet"]) == 0
     result = json.loads(report.read_text())
-    assert result["weight_sparsity"] == pytest.approx(0.5, abs=1e-6)
+    assert 0.5 <= result["weight_sparsity"] < 0.502  # exact mask; a few weights of the model are zero already
     assert abs(result["activation_sparsity"] - 0.5) < 0.05
     assert 1 < result["perplexity"] < 10_000
 
