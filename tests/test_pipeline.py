@@ -121,3 +121,13 @@ def test_float64_model_is_supported(samples):
     model = tiny_model(tiny_llama_config()).double()
     run(model, samples, method="sparsegpt")
     assert next(model.parameters()).dtype == torch.float64
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models_keep_their_dtype(dtype, samples):
+    model = tiny_model().to(dtype)
+    result = run(model, samples, method="duogpt")
+    assert next(model.parameters()).dtype == dtype
+    assert all(abs(r.weight_sparsity - 0.5) < 1e-6 for r in result.linears)
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=samples).logits.float()).all()
