@@ -1,0 +1,1 @@
+"""Compiled and Triton kernels for dual-sparse products."""

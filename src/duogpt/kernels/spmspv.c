@@ -1,0 +1,179 @@
+/* y = W x for a dual-sparse W stored as column segments (see duogpt/sparse_format.py),
+ * reading only the segments of columns with x_j != 0.
+ *
+ * Compiled by duogpt/kernels/build.py for the machine it runs on. The inner step decodes
+ * one bitmap chunk into a vector of weights: AVX-512 (16 lanes, expand instruction),
+ * AVX2 (8 lanes, permutation table), or a portable loop over set bits. Threads split
+ * the output tiles. Values are float32, float16 or bfloat16; x and y are float32.
+ * The values array must have 64 bytes of readable padding after its end.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+enum { DT_F32 = 0, DT_F16 = 1, DT_BF16 = 2 };
+#define MAX_BATCH 16
+
+static inline float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) { bits = sign; }
+        else { /* subnormal */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) { man <<= 1; exp--; }
+            bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) { bits = sign | 0x7f800000 | (man << 13); }
+    else { bits = sign | ((exp + 127 - 15) << 23) | (man << 13); }
+    float f; memcpy(&f, &bits, 4); return f;
+}
+
+static inline float load_scalar(const void *v, int64_t i, int dtype) {
+    if (dtype == DT_F32) return ((const float *)v)[i];
+    uint16_t h = ((const uint16_t *)v)[i];
+    if (dtype == DT_F16) return half_to_float(h);
+    uint32_t bits = (uint32_t)h << 16; float f; memcpy(&f, &bits, 4); return f;
+}
+
+const char *duogpt_spmspv_isa(void) {
+#if defined(__AVX512F__)
+    return "avx512";
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+    return "avx2";
+#else
+    return "portable";
+#endif
+}
+
+#if defined(__AVX512F__)
+#define LANES 16
+static inline __m512 load16(const void *v, int64_t i, int dtype) {
+    if (dtype == DT_F32) return _mm512_loadu_ps((const float *)v + i);
+    __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)v + i));
+    if (dtype == DT_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define LANES 8
+static int32_t perm_table[256][8];
+static int32_t keep_table[256][8];
+static void init_tables(void) {
+    for (int m = 0; m < 256; m++) {
+        int next = 0;
+        for (int lane = 0; lane < 8; lane++) {
+            int on = (m >> lane) & 1;
+            perm_table[m][lane] = on ? next : 0;
+            keep_table[m][lane] = on ? -1 : 0;
+            next += on;
+        }
+    }
+}
+static inline __m256 load8(const void *v, int64_t i, int dtype) {
+    if (dtype == DT_F32) return _mm256_loadu_ps((const float *)v + i);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)v + i));
+    if (dtype == DT_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+#else
+#define LANES 1
+#endif
+
+/* One tile: acc[b][r] += sum over active j of W[r, j] * x[b, j]. */
+static void tile_product(const uint64_t *bitmaps, const void *values, int dtype, const int64_t *offsets,
+                         int64_t k, int64_t words, const int32_t *active, int64_t n_active, const float *x,
+                         int64_t batch, float *acc /* [batch][words * 64] */) {
+    const int64_t rows = words * 64;
+    for (int64_t a = 0; a < n_active; a++) {
+        const int64_t j = active[a];
+        const uint64_t *bm = bitmaps + j * words;
+        int64_t pos = offsets[j];
+        if (a + 1 < n_active) __builtin_prefetch(bitmaps + active[a + 1] * words);
+#if LANES == 16
+        __m512 xb[MAX_BATCH];
+        for (int64_t b = 0; b < batch; b++) xb[b] = _mm512_set1_ps(x[b * k + j]);
+        for (int64_t w = 0; w < words; w++) {
+            const uint64_t word = bm[w];
+            if (!word) continue;
+            for (int s = 0; s < 4; s++) {
+                const __mmask16 m = (__mmask16)(word >> (16 * s));
+                if (!m) continue;
+                const __m512 vals = _mm512_maskz_expand_ps(m, load16(values, pos, dtype));
+                pos += __builtin_popcount(m);
+                float *dst = acc + w * 64 + s * 16;
+                for (int64_t b = 0; b < batch; b++) {
+                    float *d = dst + b * rows;
+                    _mm512_storeu_ps(d, _mm512_fmadd_ps(vals, xb[b], _mm512_loadu_ps(d)));
+                }
+            }
+        }
+#elif LANES == 8
+        __m256 xb[MAX_BATCH];
+        for (int64_t b = 0; b < batch; b++) xb[b] = _mm256_set1_ps(x[b * k + j]);
+        for (int64_t w = 0; w < words; w++) {
+            const uint64_t word = bm[w];
+            if (!word) continue;
+            for (int s = 0; s < 8; s++) {
+                const unsigned m = (unsigned)(word >> (8 * s)) & 0xff;
+                if (!m) continue;
+                const __m256i perm = _mm256_loadu_si256((const __m256i *)perm_table[m]);
+                const __m256 keep = _mm256_castsi256_ps(_mm256_loadu_si256((const __m256i *)keep_table[m]));
+                const __m256 vals = _mm256_and_ps(_mm256_permutevar8x32_ps(load8(values, pos, dtype), perm), keep);
+                pos += __builtin_popcount(m);
+                float *dst = acc + w * 64 + s * 8;
+                for (int64_t b = 0; b < batch; b++) {
+                    float *d = dst + b * rows;
+                    _mm256_storeu_ps(d, _mm256_fmadd_ps(vals, xb[b], _mm256_loadu_ps(d)));
+                }
+            }
+        }
+#else
+        for (int64_t w = 0; w < words; w++) {
+            uint64_t word = bm[w];
+            while (word) {
+                const int r = __builtin_ctzll(word);
+                const float v = load_scalar(values, pos++, dtype);
+                for (int64_t b = 0; b < batch; b++) acc[b * rows + w * 64 + r] += v * x[b * k + j];
+                word &= word - 1;
+            }
+        }
+#endif
+    }
+}
+
+/* Returns 0 on success, -1 on bad arguments. */
+int duogpt_spmspv(const uint64_t *bitmaps, const void *values, int dtype, const int64_t *offsets, int64_t n,
+                  int64_t k, int64_t tile_rows, const float *x, int64_t batch, float *y, int nthreads) {
+    if (batch < 1 || batch > MAX_BATCH || tile_rows % 64 || dtype < 0 || dtype > 2) return -1;
+#if LANES == 8
+    static int ready = 0;
+    if (!ready) { init_tables(); ready = 1; }
+#endif
+    const int64_t words = tile_rows / 64, n_tiles = (n + tile_rows - 1) / tile_rows;
+    int32_t *active = (int32_t *)malloc(sizeof(int32_t) * (size_t)(k > 0 ? k : 1));
+    if (!active) return -1;
+    int64_t n_active = 0;
+    for (int64_t j = 0; j < k; j++) {
+        int on = 0;
+        for (int64_t b = 0; b < batch; b++) on |= x[b * k + j] != 0.0f;
+        if (on) active[n_active++] = (int32_t)j;
+    }
+    int failed = 0;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (n_tiles > 1 && nthreads > 1)
+    for (int64_t t = 0; t < n_tiles; t++) {
+        float *acc = (float *)calloc((size_t)(batch * tile_rows), sizeof(float));
+        if (!acc) { failed = 1; continue; }
+        tile_product(bitmaps + t * k * words, values, dtype, offsets + t * (k + 1), k, words, active, n_active, x,
+                     batch, acc);
+        const int64_t row0 = t * tile_rows, count = (n - row0) < tile_rows ? (n - row0) : tile_rows;
+        for (int64_t b = 0; b < batch; b++) memcpy(y + b * n + row0, acc + b * tile_rows, sizeof(float) * count);
+        free(acc);
+    }
+    free(active);
+    return failed ? -1 : 0;
+}
