@@ -47,11 +47,14 @@ def prune(
     return lm
 
 
-def load(path: str | Path, device: str = "cpu"):
-    """Load a checkpoint written by ``duogpt prune`` as a transformers model with sparsifiers."""
+def load(path: str | Path, device: str = "cpu", runtime: str = "dense"):
+    """Load a checkpoint written by ``duogpt prune`` as a transformers model with sparsifiers.
+
+    ``runtime='sparse'`` runs decode steps through the dual-sparse CPU kernel.
+    """
     from duogpt import checkpoint
 
-    model, _, _ = checkpoint.load(path, device=device)
+    model, _, _ = checkpoint.load(path, device=device, runtime=runtime)
     return model
 
 

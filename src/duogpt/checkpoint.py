@@ -40,7 +40,16 @@ def save(model, tokenizer, result: PruneResult, out: str | Path, base_model: str
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        meta = {"format": "duogpt", "format_version": FORMAT_VERSION, "base_model": base_model, **result.to_json()}
+        from duogpt.runtime import save_packed
+
+        _, packed_bytes, dense_bytes = save_packed(model, tmp)
+        meta = {
+            "format": "duogpt",
+            "format_version": FORMAT_VERSION,
+            "base_model": base_model,
+            **result.to_json(),
+            "sparse_format": {"file": "duogpt-sparse.safetensors", "bytes": packed_bytes, "dense_bytes": dense_bytes},
+        }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
         if out.exists():
             shutil.rmtree(out)
@@ -65,12 +74,20 @@ def read_meta(path: str | Path) -> dict | None:
     return meta
 
 
-def load(path: str | Path, device: str = "cpu", sparsify_prefill: bool | None = None):
-    """Load a pruned checkpoint with its sparsifiers installed: returns (model, tokenizer, meta)."""
-    from duogpt.models import load_model
+def load(path: str | Path, device: str = "cpu", sparsify_prefill: bool | None = None, runtime: str = "dense"):
+    """Load a pruned checkpoint with its sparsifiers installed: returns (model, tokenizer, meta).
 
+    ``runtime='sparse'`` swaps the pruned linears for ones that use the spMspV kernel at decode.
+    """
+    from duogpt.models import load_model
+    from duogpt.runtime import RUNTIMES, load_packed, to_sparse_runtime
+
+    if runtime not in RUNTIMES:
+        raise UsageError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
     meta = read_meta(path)
     model, tokenizer = load_model(str(path), device=device)
+    if runtime == "sparse":
+        to_sparse_runtime(model, load_packed(path))
     if meta is not None:
         prefill = meta["config"].get("sparsify_prefill", True) if sparsify_prefill is None else sparsify_prefill
         thresholds = meta["thresholds"]

@@ -178,6 +178,49 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     e.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = sub.add_parser(
+        "generate",
+        help="greedy generation with decode tokens/s",
+        description="Greedy generation; prints the text and decode tokens/s.",
+    )
+    g.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        metavar="MODEL_OR_DIR",
+        help="model or duogpt directory (default: the embedded model)",
+    )
+    g.add_argument("--prompt", required=True, help="prompt text")
+    g.add_argument("--max-new-tokens", type=_positive, default=32, help="tokens to generate (default: %(default)s)")
+    g.add_argument(
+        "--runtime",
+        choices=("dense", "sparse"),
+        default="sparse",
+        help="dense: masked dense matmuls; sparse: the spMspV kernel at decode (default: %(default)s)",
+    )
+
+    b = sub.add_parser(
+        "bench",
+        help="kernel and decode benchmarks against dense",
+        description="Dense vs dual-sparse benchmarks, side by side in one run.",
+    )
+    b.add_argument(
+        "kind",
+        choices=("gemv", "decode"),
+        help="gemv: one linear at 7B and default-model shapes; decode: tokens/s of both runtimes",
+    )
+    b.add_argument("--checkpoint", metavar="DIR", help="decode: also time this pruned checkpoint")
+    b.add_argument(
+        "--layers",
+        type=_positive,
+        default=4,
+        help="decode: blocks of the random 7B-shaped stack (default: %(default)s)",
+    )
+    b.add_argument("--repeats", type=_positive, default=50, help="gemv: timed calls per side (default: %(default)s)")
+    b.add_argument("--quick", action="store_true", help="gemv: default-model shapes only, fewer repeats")
+    b.add_argument("--json", metavar="PATH", help="write the records as JSON")
+    b.add_argument("--markdown", metavar="PATH", help="write a Markdown summary")
+
     r = sub.add_parser(
         "report",
         help="compare evaluation results in one table",
@@ -199,6 +242,50 @@ def _report(args) -> int:
         report.write_atomic(args.markdown, text)
     if args.csv:
         report.write_atomic(args.csv, report.csv_text(report.COLUMNS, rows))
+    return 0
+
+
+def _generate(args) -> int:
+    from duogpt import checkpoint
+    from duogpt.generate import generate
+
+    if args.model is not None and Path(args.model).is_dir():
+        model, tokenizer, _ = checkpoint.load(args.model, runtime=args.runtime)
+    else:
+        from duogpt.models import load_model
+        from duogpt.runtime import to_sparse_runtime
+
+        model, tokenizer = load_model(args.model)
+        if args.runtime == "sparse":
+            to_sparse_runtime(model)
+    result = generate(model, tokenizer, args.prompt, args.max_new_tokens)
+    print(result.text)
+    print(
+        f"decode: {result.decode_tokens_per_second:.2f} tokens/s ({args.runtime} runtime, "
+        f"{len(result.tokens)} new tokens, prefill {result.prefill_seconds:.2f} s)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _bench(args) -> int:
+    from duogpt import bench, report
+
+    for path in (args.json, args.markdown):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise UsageError(f"{path!r}: its directory does not exist: create it first")
+    if args.kind == "gemv":
+        shapes = bench.DEFAULT_MODEL_SHAPES if args.quick else None
+        result = bench.gemv(shapes=shapes, repeats=10 if args.quick else args.repeats)
+        text = bench.gemv_markdown(result)
+    else:
+        result = bench.decode(args.checkpoint, layers=args.layers)
+        text = bench.decode_markdown(result)
+    if args.json:
+        report.write_atomic(args.json, json.dumps(result, indent=1))
+    if args.markdown:
+        report.write_atomic(args.markdown, text)
+    print(text)
     return 0
 
 
@@ -304,14 +391,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = _TqdmHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, handlers=[handler], force=True)
+    logging.basicConfig(
+        level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, handlers=[handler], force=True
+    )
     for noisy in ("transformers", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bars cover the long work
     try:
-        return {"prune": _prune, "eval": _eval, "report": _report}[args.command](args)
+        commands = {"prune": _prune, "eval": _eval, "report": _report, "generate": _generate, "bench": _bench}
+        return commands[args.command](args)
     except UsageError as err:
         print(f"duogpt {args.command}: error: {err}", file=sys.stderr)
         return 2
