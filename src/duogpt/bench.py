@@ -302,3 +302,52 @@ def decode_markdown(result: dict) -> str:
         f"sparsifiers. Machine: {m['cpu']}, {m['threads']} threads; {result['new_tokens']} new tokens, median of "
         f"{result['rounds']} interleaved rounds.\n\n" + markdown(head, rows)
     )
+
+
+def gemv_gpu(shapes=None, sparsities=None, repeats: int = 200, tile_rows: int = 1024, progress=print) -> dict:
+    """bfloat16 dense ``torch`` GEMV vs the Triton kernel on a CUDA device (CUDA-event timing)."""
+    from duogpt.kernels import triton_spmspv
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("gemv_gpu needs a CUDA device")
+    shapes = shapes or LLAMA7B_SHAPES
+    sparsities = sparsities or SPARSITIES
+    records = []
+    for shape in shapes:
+        for pw, px in sparsities:
+            W, x = random_problem(shape, pw, px, torch.bfloat16)
+            sp = pack(W, tile_rows=tile_rows)
+            Wd, xd = W.cuda(), x.to(torch.bfloat16).cuda()
+            spd = type(sp)(sp.bitmaps.cuda(), sp.values.cuda(), sp.offsets.cuda(), sp.shape, sp.tile_rows)
+            xs = x.cuda()
+
+            def run(fn):
+                fn()
+                torch.cuda.synchronize()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(repeats):
+                    fn()
+                end.record()
+                torch.cuda.synchronize()
+                return start.elapsed_time(end) / repeats
+
+            dense_ms = run(lambda Wd=Wd, xd=xd: torch.mv(Wd, xd))
+            sparse_ms = run(lambda spd=spd, xs=xs: triton_spmspv.spmspv(spd, xs))
+            err = float((triton_spmspv.spmspv(spd, xs).cpu() - W.float() @ x).abs().max())
+            rec = {
+                "shape": list(shape),
+                "dtype": "bfloat16",
+                "p_w": pw,
+                "p_x": px,
+                "dense_ms": dense_ms,
+                "sparse_ms": sparse_ms,
+                "speedup": dense_ms / sparse_ms,
+                "max_abs_error": err,
+            }
+            records.append(rec)
+            progress(
+                f"GPU {shape} pw={pw} px={px}: dense {dense_ms:.4f} ms, triton {sparse_ms:.4f} ms, "
+                f"{rec['speedup']:.2f}x"
+            )
+    return {"kind": "gemv_gpu", "device": torch.cuda.get_device_name(), "repeats": repeats, "records": records}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# All GPU checks in one run, no network: the Triton kernel tests on the device, then
+# bfloat16 dense GEMV vs the Triton kernel at Llama-2-7B shapes. Results under $OUT
+# (default runs/gpu). Expects the venv (with triton) to be carried along.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/gpu}
+mkdir -p "$OUT"
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
+.venv/bin/python -m pytest -q tests/test_kernels_triton.py 2>&1 | tee "$OUT/triton-tests.txt"
+.venv/bin/python - "$OUT" <<'PY'
+import json, sys
+from duogpt import bench
+result = bench.gemv_gpu()
+open(f"{sys.argv[1]}/gemv-gpu.json", "w").write(json.dumps(result, indent=1))
+PY
