@@ -89,11 +89,51 @@ static void tile_product(const uint64_t *bitmaps, const void *values, int dtype,
                          int64_t k, int64_t words, const int32_t *active, int64_t n_active, const float *x,
                          int64_t batch, float *acc /* [batch][words * 64] */) {
     const int64_t rows = words * 64;
-    for (int64_t a = 0; a < n_active; a++) {
+    const int64_t esize = dtype == DT_F32 ? 4 : 2;
+    int64_t a = 0;
+#if LANES == 16
+    /* Two columns at a time: two independent pointer chains, one accumulator update. */
+    for (; a + 1 < n_active; a += 2) {
+        const int64_t j0 = active[a], j1 = active[a + 1];
+        const uint64_t *bm0 = bitmaps + j0 * words, *bm1 = bitmaps + j1 * words;
+        int64_t p0 = offsets[j0], p1 = offsets[j1];
+        if (a + 3 < n_active) {
+            __builtin_prefetch(bitmaps + active[a + 2] * words);
+            __builtin_prefetch(bitmaps + active[a + 3] * words);
+            __builtin_prefetch((const char *)values + offsets[active[a + 2]] * esize);
+            __builtin_prefetch((const char *)values + offsets[active[a + 3]] * esize);
+        }
+        __m512 x0[MAX_BATCH], x1[MAX_BATCH];
+        for (int64_t b = 0; b < batch; b++) {
+            x0[b] = _mm512_set1_ps(x[b * k + j0]);
+            x1[b] = _mm512_set1_ps(x[b * k + j1]);
+        }
+        for (int64_t w = 0; w < words; w++) {
+            const uint64_t w0 = bm0[w], w1 = bm1[w];
+            if (!(w0 | w1)) continue;
+            for (int s = 0; s < 4; s++) {
+                const __mmask16 m0 = (__mmask16)(w0 >> (16 * s)), m1 = (__mmask16)(w1 >> (16 * s));
+                const __m512 v0 = _mm512_maskz_expand_ps(m0, load16(values, p0, dtype));
+                const __m512 v1 = _mm512_maskz_expand_ps(m1, load16(values, p1, dtype));
+                p0 += __builtin_popcount(m0);
+                p1 += __builtin_popcount(m1);
+                float *dst = acc + w * 64 + s * 16;
+                for (int64_t b = 0; b < batch; b++) {
+                    float *d = dst + b * rows;
+                    _mm512_storeu_ps(d, _mm512_fmadd_ps(v1, x1[b], _mm512_fmadd_ps(v0, x0[b], _mm512_loadu_ps(d))));
+                }
+            }
+        }
+    }
+#endif
+    for (; a < n_active; a++) {
         const int64_t j = active[a];
         const uint64_t *bm = bitmaps + j * words;
         int64_t pos = offsets[j];
-        if (a + 1 < n_active) __builtin_prefetch(bitmaps + active[a + 1] * words);
+        if (a + 1 < n_active) {
+            __builtin_prefetch(bitmaps + active[a + 1] * words);
+            __builtin_prefetch((const char *)values + offsets[active[a + 1]] * esize);
+        }
 #if LANES == 16
         __m512 xb[MAX_BATCH];
         for (int64_t b = 0; b < batch; b++) xb[b] = _mm512_set1_ps(x[b * k + j]);
