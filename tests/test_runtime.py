@@ -93,6 +93,7 @@ def test_bench_gemv_records():
         sparsities=[(0.0, 0.0), (0.5, 0.5)],
         repeats=5,
         tile_rows=64,
+        evict_mb=1,
         progress=lambda _: None,
     )
     assert result["bandwidth_gbps"] > 0

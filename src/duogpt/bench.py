@@ -15,7 +15,7 @@ import time
 import torch
 
 from duogpt.kernels.cpu import CpuSpMSpV
-from duogpt.sparse_format import pack
+from duogpt.sparse_format import SparseLinear, pack
 
 LLAMA7B_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
 DEFAULT_MODEL_SHAPES = [(576, 576), (1536, 576), (576, 1536)]
@@ -88,8 +88,13 @@ def gemv(
     repeats: int = 50,
     tile_rows: int = 1024,
     progress=print,
+    evict_mb: int = 256,
 ) -> dict:
-    """Dense ``torch`` GEMV vs the dual-sparse kernel for every shape x dtype x (p_w, p_x)."""
+    """Dense ``torch`` GEMV vs the dual-sparse kernel for every shape x dtype x (p_w, p_x).
+
+    Each side cycles through copies of its weights totalling at least ``evict_mb`` MiB, so
+    no call finds its weights in the caches (decode reads every layer once per token).
+    """
     shapes = shapes or LLAMA7B_SHAPES + DEFAULT_MODEL_SHAPES
     sparsities = sparsities or SPARSITIES
     bandwidth = read_bandwidth_gbps()
@@ -99,13 +104,26 @@ def gemv(
             for pw, px in sparsities:
                 W, x = random_problem(shape, pw, px, dtype)
                 xd = x.to(dtype)
-                kernel = CpuSpMSpV(pack(W, tile_rows=tile_rows))
+                sp = pack(W, tile_rows=tile_rows)
+                kernel = CpuSpMSpV(sp)
+                # rotate through copies that together exceed the caches, so every call reads from memory
+                copies = min(1000, max(1, -(-evict_mb * (1 << 20) // (W.numel() * W.element_size()))))
+                dense_ws = [W] + [W.clone() for _ in range(copies - 1)]
+                kernels = [kernel] + [
+                    CpuSpMSpV(
+                        SparseLinear(sp.bitmaps.clone(), sp.values.clone(), sp.offsets.clone(), sp.shape, sp.tile_rows)
+                    )
+                    for _ in range(copies - 1)
+                ]
+                turn = {"dense": 0, "sparse": 0}
 
-                def dense_fn(W=W, xd=xd):
-                    return torch.mv(W, xd)
+                def dense_fn(ws=dense_ws, xd=xd, turn=turn):
+                    turn["dense"] = (turn["dense"] + 1) % len(ws)
+                    return torch.mv(ws[turn["dense"]], xd)
 
-                def sparse_fn(kernel=kernel, x=x):
-                    return kernel(x)
+                def sparse_fn(ks=kernels, x=x, turn=turn):
+                    turn["sparse"] = (turn["sparse"] + 1) % len(ks)
+                    return ks[turn["sparse"]](x)
 
                 for fn in (dense_fn, sparse_fn):
                     fn()
@@ -129,6 +147,7 @@ def gemv(
                     "sparse_bytes": need,
                     "max_abs_error": err,
                     "isa": kernel.isa,
+                    "copies": copies,
                 }
                 records.append(rec)
                 progress(

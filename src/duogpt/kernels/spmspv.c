@@ -5,7 +5,7 @@
  * one bitmap chunk into a vector of weights: AVX-512 (16 lanes, expand instruction),
  * AVX2 (8 lanes, permutation table), or a portable loop over set bits. Threads split
  * the output tiles. Values are float32, float16 or bfloat16; x and y are float32.
- * The values array must have 64 bytes of readable padding after its end.
+ * The values array must have 64 bytes of readable padding after its end (vector loads).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -42,7 +42,9 @@ static inline float load_scalar(const void *v, int64_t i, int dtype) {
 }
 
 const char *duogpt_spmspv_isa(void) {
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512VBMI2__) && defined(__AVX512BW__)
+    return "avx512-vbmi2";
+#elif defined(__AVX512F__)
     return "avx512";
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
     return "avx2";
@@ -84,12 +86,83 @@ static inline __m256 load8(const void *v, int64_t i, int dtype) {
 #define LANES 1
 #endif
 
+#if defined(__AVX512F__) && defined(__AVX512VBMI2__) && defined(__AVX512BW__)
+#define HAVE_EXPAND16 1
+/* 32 16-bit values expanded by a 32-bit mask, widened to two float32 vectors. */
+static inline void expand32(__mmask32 m, const uint16_t *v, int dtype, __m512 *lo, __m512 *hi) {
+    const __m512i e = _mm512_maskz_expand_epi16(m, _mm512_loadu_si512((const void *)v));
+    const __m256i a = _mm512_castsi512_si256(e), b = _mm512_extracti64x4_epi64(e, 1);
+    if (dtype == DT_F16) {
+        *lo = _mm512_cvtph_ps(a);
+        *hi = _mm512_cvtph_ps(b);
+    } else {
+        *lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(a), 16));
+        *hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
+    }
+}
+
+/* Batch 1, 16-bit values: 32 rows per expand, two columns in flight. */
+static void tile_product_b1_16(const uint64_t *bitmaps, const uint16_t *values, int dtype, const int64_t *offsets,
+                               int64_t words, const int32_t *active, int64_t n_active, const float *x, float *acc) {
+    int64_t a = 0;
+    for (; a + 1 < n_active; a += 2) {
+        const int64_t j0 = active[a], j1 = active[a + 1];
+        const uint64_t *bm0 = bitmaps + j0 * words, *bm1 = bitmaps + j1 * words;
+        const uint16_t *p0 = values + offsets[j0], *p1 = values + offsets[j1];
+        if (a + 3 < n_active) {
+            __builtin_prefetch(bitmaps + active[a + 2] * words);
+            __builtin_prefetch(bitmaps + active[a + 3] * words);
+            __builtin_prefetch(values + offsets[active[a + 2]]);
+            __builtin_prefetch(values + offsets[active[a + 3]]);
+        }
+        const __m512 x0 = _mm512_set1_ps(x[j0]), x1 = _mm512_set1_ps(x[j1]);
+        for (int64_t w = 0; w < words; w++) {
+            const uint64_t w0 = bm0[w], w1 = bm1[w];
+            for (int h = 0; h < 2; h++) {
+                const __mmask32 m0 = (__mmask32)(w0 >> (32 * h)), m1 = (__mmask32)(w1 >> (32 * h));
+                __m512 lo0, hi0, lo1, hi1;
+                expand32(m0, p0, dtype, &lo0, &hi0);
+                expand32(m1, p1, dtype, &lo1, &hi1);
+                p0 += __builtin_popcount(m0);
+                p1 += __builtin_popcount(m1);
+                float *d = acc + w * 64 + h * 32;
+                _mm512_storeu_ps(d, _mm512_fmadd_ps(lo1, x1, _mm512_fmadd_ps(lo0, x0, _mm512_loadu_ps(d))));
+                _mm512_storeu_ps(d + 16, _mm512_fmadd_ps(hi1, x1, _mm512_fmadd_ps(hi0, x0, _mm512_loadu_ps(d + 16))));
+            }
+        }
+    }
+    for (; a < n_active; a++) {
+        const int64_t j = active[a];
+        const uint64_t *bm = bitmaps + j * words;
+        const uint16_t *p = values + offsets[j];
+        const __m512 xj = _mm512_set1_ps(x[j]);
+        for (int64_t w = 0; w < words; w++) {
+            for (int h = 0; h < 2; h++) {
+                const __mmask32 m = (__mmask32)(bm[w] >> (32 * h));
+                __m512 lo, hi;
+                expand32(m, p, dtype, &lo, &hi);
+                p += __builtin_popcount(m);
+                float *d = acc + w * 64 + h * 32;
+                _mm512_storeu_ps(d, _mm512_fmadd_ps(lo, xj, _mm512_loadu_ps(d)));
+                _mm512_storeu_ps(d + 16, _mm512_fmadd_ps(hi, xj, _mm512_loadu_ps(d + 16)));
+            }
+        }
+    }
+}
+#endif
+
 /* One tile: acc[b][r] += sum over active j of W[r, j] * x[b, j]. */
 static void tile_product(const uint64_t *bitmaps, const void *values, int dtype, const int64_t *offsets,
                          int64_t k, int64_t words, const int32_t *active, int64_t n_active, const float *x,
                          int64_t batch, float *acc /* [batch][words * 64] */) {
     const int64_t rows = words * 64;
     const int64_t esize = dtype == DT_F32 ? 4 : 2;
+#ifdef HAVE_EXPAND16
+    if (batch == 1 && dtype != DT_F32) {
+        tile_product_b1_16(bitmaps, (const uint16_t *)values, dtype, offsets, words, active, n_active, x, acc);
+        return;
+    }
+#endif
     int64_t a = 0;
 #if LANES == 16
     /* Two columns at a time: two independent pointer chains, one accumulator update. */
