@@ -40,7 +40,7 @@ class PruneConfig:
     weight_sparsity: float = 0.5
     act_sparsity: float = 0.5
     pattern: str = "unstructured"
-    alpha: float = 0.25
+    alpha: float = 0.25  # best of the ablation in docs/ablation-alpha.md at 30/30 and 50/50
     ridge: float = 0.1
     correction: str = "target"
     calib: str = "brown"

@@ -323,7 +323,7 @@ def duogpt(
     G: torch.Tensor,
     sparsity: float,
     pattern: Pattern = Pattern(),
-    alpha: float = 0.5,
+    alpha: float = 0.25,
     ridge: float = 0.1,
     correction: str = "target",
     blocksize: int = 128,
