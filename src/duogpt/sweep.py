@@ -7,7 +7,6 @@ cell is written to ``OUT/cells/<label>.json`` and skipped when the grid runs aga
 from __future__ import annotations
 
 import json
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,9 +111,10 @@ def run_grid(
 
 
 def machine() -> str:
-    import os
+    from duogpt.bench import machine_info
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    info = machine_info()
+    return f"{info['cpu']} ({info['machine']}), {info['threads']} threads, torch {info['torch']}"
 
 
 def results_markdown(results: list[dict], extra_columns: tuple[str, ...] = ()) -> str:
