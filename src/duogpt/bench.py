@@ -8,6 +8,7 @@ kernel gets to the bound.
 
 from __future__ import annotations
 
+import logging
 import platform
 import statistics
 import time
@@ -227,12 +228,16 @@ def decode(
     model = random_llama(layers, dtype, **shape)
     gen = torch.Generator().manual_seed(0)
     samples = torch.randint(0, model.config.vocab_size, (4, 64), generator=gen)
+    quiet = logging.getLogger("duogpt")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # no per-linear log lines for the synthetic stack
     result = prune_model(
         model,
         samples,
         PruneConfig(method="magnitude", weight_sparsity=0.5, act_sparsity=0.5, nsamples=4, seqlen=64),
         progress=False,
     )
+    quiet.setLevel(level)
     uninstall(model)
     to_sparse_runtime(model)
     install(model, result.thresholds)

@@ -42,7 +42,7 @@ static inline float load_scalar(const void *v, int64_t i, int dtype) {
 }
 
 const char *duogpt_spmspv_isa(void) {
-#if defined(__AVX512F__) && defined(__AVX512VBMI2__) && defined(__AVX512BW__)
+#if defined(__AVX512F__) && defined(__AVX512VBMI2__) && defined(__AVX512BW__) && defined(DUOGPT_EXPAND16)
     return "avx512-vbmi2";
 #elif defined(__AVX512F__)
     return "avx512";
