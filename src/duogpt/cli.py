@@ -245,19 +245,24 @@ def _report(args) -> int:
     return 0
 
 
-def _generate(args) -> int:
+def _load_any(model: str | None, device: str = "cpu", runtime: str = "dense"):
+    """(model, tokenizer, meta) from a duogpt directory, a plain checkpoint or a hub id."""
     from duogpt import checkpoint
+    from duogpt.models import load_model
+    from duogpt.runtime import to_sparse_runtime
+
+    if model is not None and Path(model).is_dir():
+        return checkpoint.load(model, device=device, runtime=runtime)
+    lm, tokenizer = load_model(model, device=device)
+    if runtime == "sparse":
+        to_sparse_runtime(lm)
+    return lm, tokenizer, None
+
+
+def _generate(args) -> int:
     from duogpt.generate import generate
 
-    if args.model is not None and Path(args.model).is_dir():
-        model, tokenizer, _ = checkpoint.load(args.model, runtime=args.runtime)
-    else:
-        from duogpt.models import load_model
-        from duogpt.runtime import to_sparse_runtime
-
-        model, tokenizer = load_model(args.model)
-        if args.runtime == "sparse":
-            to_sparse_runtime(model)
+    model, tokenizer, _ = _load_any(args.model, runtime=args.runtime)
     result = generate(model, tokenizer, args.prompt, args.max_new_tokens)
     print(result.text)
     print(
@@ -290,14 +295,16 @@ def _bench(args) -> int:
 
 
 def _prune(args) -> int:
-    from duogpt import checkpoint, data
-    from duogpt.models import load_model, resolve_model_path
-    from duogpt.pipeline import prune_model
+    import duogpt
 
-    cfg = PruneConfig(
+    model = duogpt.prune(
+        args.model,
         method=args.method,
         weight_sparsity=args.weight_sparsity,
         act_sparsity=args.act_sparsity,
+        out=args.out,
+        device=args.device,
+        progress=not args.quiet,
         pattern=args.pattern,
         alpha=args.alpha,
         ridge=args.ridge,
@@ -310,37 +317,22 @@ def _prune(args) -> int:
         percdamp=args.percdamp,
         sparsify_prefill=not args.dense_prefill,
     )
-    cfg.validate()
-    checkpoint.check_out_dir(args.out)
-    text = data.load_text(cfg.calib, "calib")
-    model, tokenizer = load_model(args.model, device=args.device)
-    samples = data.calibration_samples(data.tokenize(tokenizer, text), cfg.nsamples, cfg.seqlen, cfg.seed)
-    import torch
-
-    torch.manual_seed(cfg.seed)
-    result = prune_model(model, samples, cfg, progress=not args.quiet)
-    base = args.model or resolve_model_path(None)
-    out = checkpoint.save(model, tokenizer, result, args.out, base_model=base)
+    result = model.duogpt_report
     print(
-        f"pruned with {cfg.method} to {cfg.weight_sparsity:.0%} weights / {cfg.act_sparsity:.0%} activations "
-        f"in {result.seconds:.1f} s -> {out}"
+        f"pruned with {args.method} to {args.weight_sparsity:.0%} weights / {args.act_sparsity:.0%} activations "
+        f"in {result.seconds:.1f} s -> {args.out}"
     )
     return 0
 
 
 def _eval(args) -> int:
-    from duogpt import calibrate_activation_sparsity, checkpoint, data, sparsify
+    from duogpt import calibrate_activation_sparsity, data, sparsify
     from duogpt.evaluate import perplexity
 
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise UsageError(f"--json {args.json!r}: its directory does not exist: create it first")
     text = data.load_text(args.text, "eval")
-    if args.model is not None and Path(args.model).is_dir():
-        model, tokenizer, meta = checkpoint.load(args.model, device=args.device)
-    else:
-        from duogpt.models import load_model
-
-        (model, tokenizer), meta = load_model(args.model, device=args.device), None
+    model, tokenizer, meta = _load_any(args.model, device=args.device)
     if args.no_act_sparsity or args.act_sparsity is not None:
         sparsify.uninstall(model)
     if args.act_sparsity is not None:
