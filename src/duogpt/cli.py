@@ -277,8 +277,8 @@ def _bench(args) -> int:
     from duogpt import bench, report
 
     for path in (args.json, args.markdown):
-        if path and not Path(path).resolve().parent.is_dir():
-            raise UsageError(f"{path!r}: its directory does not exist: create it first")
+        if path:
+            report.check_writable(path)
     if args.kind == "gemv":
         shapes = bench.DEFAULT_MODEL_SHAPES if args.quick else None
         result = bench.gemv(shapes=shapes, repeats=10 if args.quick else args.repeats)
@@ -328,9 +328,10 @@ def _prune(args) -> int:
 def _eval(args) -> int:
     from duogpt import calibrate_activation_sparsity, data, sparsify
     from duogpt.evaluate import perplexity
+    from duogpt.report import check_writable, write_atomic
 
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        raise UsageError(f"--json {args.json!r}: its directory does not exist: create it first")
+    if args.json:
+        check_writable(args.json)
     text = data.load_text(args.text, "eval")
     model, tokenizer, meta = _load_any(args.model, device=args.device)
     if args.no_act_sparsity or args.act_sparsity is not None:
@@ -364,8 +365,6 @@ def _eval(args) -> int:
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     if args.json:
-        from duogpt.report import write_atomic
-
         write_atomic(args.json, json.dumps(report, indent=1))
     return 0
 

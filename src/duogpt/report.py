@@ -65,11 +65,17 @@ def csv_text(header: list[str], rows: list[list[str]]) -> str:
     return buf.getvalue()
 
 
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
+def check_writable(path: str | Path) -> Path:
+    """Refuse an output file whose directory does not exist (checked before any long work)."""
     target = Path(path)
     if not target.resolve().parent.is_dir():
-        raise UsageError(f"directory of {str(target)!r} does not exist: create it first")
+        raise UsageError(f"{str(target)!r}: its directory does not exist: create it first")
+    return target
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
+    target = check_writable(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.resolve().parent)
     try:
         with os.fdopen(fd, "w") as fh:

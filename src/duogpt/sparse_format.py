@@ -59,7 +59,7 @@ def _bits_to_words(mask: torch.Tensor) -> torch.Tensor:
     *lead, rows = mask.shape
     bits = mask.reshape(*lead, rows // 64, 64).to(torch.int64)
     weights = torch.ones(64, dtype=torch.int64) << torch.arange(64, dtype=torch.int64)  # bit 63 wraps to sign
-    return (bits * weights).sum(-1).view(torch.uint64) if hasattr(torch, "uint64") else (bits * weights).sum(-1)
+    return (bits * weights).sum(-1).view(torch.uint64)
 
 
 def _words_to_bits(words: torch.Tensor) -> torch.Tensor:
