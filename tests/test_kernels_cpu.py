@@ -30,6 +30,16 @@ def test_kernel_matches_dense(isa, dtype, shape):
     torch.testing.assert_close(kernel(x[0]), expected[0], rtol=TOL[dtype], atol=TOL[dtype] * x.abs().sum())
 
 
+@pytest.mark.parametrize("tile_rows", [64, 192, 256, 1024])
+@pytest.mark.parametrize("pw", [0.0, 0.5, 0.95])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_tile_sizes_and_densities(tile_rows, pw, dtype):
+    """Register-blocked tiles (<= 256 rows, last one cut short), the L1 path beyond, full and sparse chunks."""
+    W, x = problem(700, 90, pw, 0.3, dtype, seed=1)
+    kernel = CpuSpMSpV(pack(W, tile_rows=tile_rows), threads=2)
+    torch.testing.assert_close(kernel(x[0]), spmspv_reference(kernel.sp, x[0]), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("isa", list(ISA_FLAGS))
 @pytest.mark.parametrize("px", [0.0, 1.0])
 def test_all_active_and_all_zero_inputs(isa, px):

@@ -16,7 +16,7 @@ import time
 import torch
 
 from duogpt.kernels.cpu import CpuSpMSpV
-from duogpt.sparse_format import SparseLinear, pack
+from duogpt.sparse_format import DEFAULT_TILE_ROWS, SparseLinear, pack
 
 LLAMA7B_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
 DEFAULT_MODEL_SHAPES = [(576, 576), (1536, 576), (576, 1536)]
@@ -87,7 +87,7 @@ def gemv(
     dtypes=(torch.float32, torch.bfloat16),
     sparsities=None,
     repeats: int = 50,
-    tile_rows: int = 1024,
+    tile_rows: int = DEFAULT_TILE_ROWS,
     progress=print,
     evict_mb: int = 256,
 ) -> dict:
@@ -328,7 +328,9 @@ def decode_markdown(result: dict) -> str:
     )
 
 
-def gemv_gpu(shapes=None, sparsities=None, repeats: int = 200, tile_rows: int = 1024, progress=print) -> dict:
+def gemv_gpu(
+    shapes=None, sparsities=None, repeats: int = 200, tile_rows: int = DEFAULT_TILE_ROWS, progress=print
+) -> dict:
     """bfloat16 dense ``torch`` GEMV vs the Triton kernel on a CUDA device (CUDA-event timing)."""
     from duogpt.kernels import triton_spmspv
 

@@ -54,10 +54,12 @@ class DualSparseLinear(nn.Linear):
 
 
 def choose_tile_rows(n_out: int, threads: int | None = None) -> int:
-    """Large tiles make skipped columns pay; at least one tile per thread keeps all cores busy."""
+    """The largest tile (<= 256 rows, whose sums fit in registers) that still gives every thread two tiles."""
     threads = threads or torch.get_num_threads()
-    per_thread = -(-n_out // threads)
-    return max(64, min(DEFAULT_TILE_ROWS, -(-per_thread // 64) * 64))
+    for rows in (DEFAULT_TILE_ROWS, 128):
+        if -(-n_out // rows) >= 2 * threads:
+            return rows
+    return 64
 
 
 def linears_by_name(model: nn.Module) -> dict[str, tuple[nn.Module, str, nn.Linear]]:

@@ -23,7 +23,7 @@ import torch
 from duogpt.errors import UsageError
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-DEFAULT_TILE_ROWS = 1024
+DEFAULT_TILE_ROWS = 256
 
 
 @dataclass
