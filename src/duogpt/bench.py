@@ -165,7 +165,7 @@ def gemv(
     }
 
 
-def _decode_rates(model, input_ids, new_tokens: int, rounds: int) -> tuple[float, float, list[int], list[int]]:
+def decode_rates(model, input_ids, new_tokens: int, rounds: int) -> tuple[float, float, list[int], list[int]]:
     """Interleaved rounds of the dense and the sparse runtime on one model; median tokens/s each."""
     from duogpt.generate import greedy
     from duogpt.runtime import use_kernels
@@ -180,6 +180,18 @@ def _decode_rates(model, input_ids, new_tokens: int, rounds: int) -> tuple[float
             tokens[kernels] = out
     use_kernels(model, True)
     return statistics.median(rates[False]), statistics.median(rates[True]), tokens[False], tokens[True]
+
+
+def compare_decode(reference, candidate, input_ids, new_tokens: int, rounds: int) -> tuple[float, float]:
+    """Interleaved rounds of two models' greedy decoding; median tokens/s of each."""
+    from duogpt.generate import greedy
+
+    rates: dict[int, list[float]] = {0: [], 1: []}
+    for _ in range(rounds):
+        for i, model in enumerate((reference, candidate)):
+            _, _, seconds = greedy(model, input_ids, new_tokens)
+            rates[i].append((new_tokens - 1) / seconds)
+    return statistics.median(rates[0]), statistics.median(rates[1])
 
 
 def random_llama(layers: int, dtype: torch.dtype, hidden=4096, ffn=11008, heads=32, vocab=32000, seed=0):
@@ -218,7 +230,7 @@ def decode(
     if checkpoint is not None:
         model, tokenizer, meta = ckpt.load(checkpoint, runtime="sparse")
         ids = tokenizer("The jury said it did find that many of Georgia's registration laws", return_tensors="pt")
-        dense, sparse, t_dense, t_sparse = _decode_rates(model, ids["input_ids"], new_tokens, rounds)
+        dense, sparse, t_dense, t_sparse = decode_rates(model, ids["input_ids"], new_tokens, rounds)
         records.append(
             _decode_record(
                 f"checkpoint {checkpoint}", str(next(model.parameters()).dtype), dense, sparse, t_dense, t_sparse, meta
@@ -242,7 +254,7 @@ def decode(
     to_sparse_runtime(model)
     install(model, result.thresholds)
     ids = torch.randint(0, model.config.vocab_size, (1, 16), generator=gen)
-    dense, sparse, t_dense, t_sparse = _decode_rates(model, ids, new_tokens, rounds)
+    dense, sparse, t_dense, t_sparse = decode_rates(model, ids, new_tokens, rounds)
     records.append(
         _decode_record(
             f"random Llama-7B-shaped stack, {layers} blocks, magnitude 50/50",

@@ -1,4 +1,4 @@
-"""Command line: ``duogpt prune``, ``duogpt eval``."""
+"""Command line: ``duogpt prune | eval | generate | bench | sweep | report``."""
 
 from __future__ import annotations
 
@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=CORRECTIONS,
         default=_D.correction,
         help="DuoGPT residual correction (default: %(default)s)",
+    )
+    p.add_argument(
+        "--hessian",
+        choices=("sparse", "dense"),
+        default=_D.hessian,
+        help="DuoGPT Hessian from the sparse inputs, or the dense ones without correction (default: %(default)s)",
     )
     p.add_argument(
         "--calib",
@@ -221,6 +227,27 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", metavar="PATH", help="write the records as JSON")
     b.add_argument("--markdown", metavar="PATH", help="write a Markdown summary")
 
+    w = sub.add_parser(
+        "sweep",
+        help="methods x sparsity settings with tables and plots",
+        description="Run a preset grid of prunes and evaluations (resumable), writing results.json, "
+        "results.csv, results.md and PNG plots into --out.",
+    )
+    w.add_argument("--preset", default="quick", help="paper, quick or an ablate-* preset (default: %(default)s)")
+    w.add_argument("--list", action="store_true", help="list the presets and exit")
+    w.add_argument("--out", metavar="DIR", help="output directory; an existing sweep there is resumed")
+    w.add_argument("--model", default=None, help="hub id or local model (default: the embedded model)")
+    w.add_argument("--calib", default="brown", metavar="SOURCE", help="calibration text (default: %(default)s)")
+    w.add_argument("--text", default="brown", metavar="SOURCE", help="evaluation text (default: %(default)s)")
+    w.add_argument("--nsamples", type=_positive, help="calibration sequences (default: the preset's)")
+    w.add_argument("--seqlen", type=_positive, help="tokens per sequence and window (default: the preset's)")
+    w.add_argument("--eval-windows", type=_positive, help="evaluation windows (default: the preset's)")
+    w.add_argument("--task-items", type=int, help="items per built-in task, 0 for none (default: the preset's)")
+    w.add_argument("--no-speed", action="store_true", help="skip the measured decode speedups")
+    w.add_argument("--no-save-models", action="store_true", help="do not save the structured baselines' models")
+    w.add_argument("--seed", type=int, default=0, help="seed for samples and task items (default: %(default)s)")
+    w.add_argument("--quiet", action="store_true", help="no progress bar")
+
     r = sub.add_parser(
         "report",
         help="compare evaluation results in one table",
@@ -309,6 +336,7 @@ def _prune(args) -> int:
         alpha=args.alpha,
         ridge=args.ridge,
         correction=args.correction,
+        hessian=args.hessian,
         calib=args.calib,
         nsamples=args.nsamples,
         seqlen=args.seqlen,
@@ -369,6 +397,37 @@ def _eval(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from dataclasses import replace
+
+    from duogpt.presets import PRESETS, get_preset
+    from duogpt.sweep import SweepOptions, run_sweep
+
+    if args.list:
+        for p in PRESETS.values():
+            print(f"{p.name:<18} {p.description}")
+        return 0
+    if args.out is None:
+        raise UsageError("--out DIR is required: the folder for results.json, results.csv, results.md and plots")
+    if args.task_items is not None and args.task_items < 0:
+        raise UsageError(f"--task-items {args.task_items} is negative: pass 0 for no tasks or a positive count")
+    preset = get_preset(args.preset)
+    overrides = {k: getattr(args, k) for k in ("nsamples", "seqlen", "eval_windows", "task_items")}
+    preset = replace(preset, **{k: v for k, v in overrides.items() if v is not None})
+    opts = SweepOptions(
+        model=args.model,
+        task_items=preset.task_items,
+        measure_speed=preset.measure_speed and not args.no_speed,
+        save_models=not args.no_save_models,
+        seed=args.seed,
+    )
+    _, text = run_sweep(
+        preset, args.out, opts, args.calib, args.text, not args.quiet, command="duogpt " + " ".join(args.argv)
+    )
+    print(text)
+    return 0
+
+
 class _TqdmHandler(logging.Handler):
     """Log lines that print above the progress bar instead of through it."""
 
@@ -380,6 +439,7 @@ class _TqdmHandler(logging.Handler):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     handler = _TqdmHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     logging.basicConfig(
@@ -391,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # our own bars cover the long work
     try:
-        commands = {"prune": _prune, "eval": _eval, "report": _report, "generate": _generate, "bench": _bench}
+        commands = {"prune": _prune, "eval": _eval, "report": _report, "generate": _generate, "bench": _bench,
+                    "sweep": _sweep}
         return commands[args.command](args)
     except UsageError as err:
         print(f"duogpt {args.command}: error: {err}", file=sys.stderr)

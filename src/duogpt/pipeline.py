@@ -43,6 +43,7 @@ class PruneConfig:
     alpha: float = 0.25  # best of the ablation in docs/ablation-alpha.md at 30/30 and 50/50
     ridge: float = 0.1
     correction: str = "target"
+    hessian: str = "sparse"  # DuoGPT: H from the compressed inputs, or "dense" (no correction)
     calib: str = "brown"
     nsamples: int = 32
     seqlen: int = 512
@@ -59,6 +60,8 @@ class PruneConfig:
             raise UsageError(f"weight sparsity {self.weight_sparsity} is outside [0, 1): pass a fraction such as 0.5")
         sparsify.check_act_sparsity(self.act_sparsity)
         solvers.parse_pattern(self.pattern)
+        if self.hessian not in ("sparse", "dense"):
+            raise UsageError(f"unknown hessian {self.hessian!r}: use sparse or dense")
         if self.correction not in solvers.CORRECTIONS:
             raise UsageError(f"unknown correction {self.correction!r}: use one of {', '.join(solvers.CORRECTIONS)}")
         for name in ("nsamples", "seqlen", "batch_size", "blocksize"):
@@ -283,6 +286,8 @@ def _solve_group(block, group, cfg, pattern, inputs, dense_inputs, result) -> No
         cross = _gram(inputs, xd)  # Xs Xd^T
         G = cross.T - H  # (Xd - Xs) Xs^T
     norms2 = sum((x.double() ** 2).sum(0) for x in inputs) if cfg.method == "wanda" else None
+    # ablation: H from the dense inputs, min ||(W - What) Xd||, blind to the sparsified inputs
+    Hd = _gram(dense_inputs[group]) if cfg.method == "duogpt" and cfg.hessian == "dense" else None
     parent = GROUPS[group][0]
     for lname, linear in block.groups[group].items():
         t0 = time.perf_counter()
@@ -293,6 +298,8 @@ def _solve_group(block, group, cfg, pattern, inputs, dense_inputs, result) -> No
             new = solvers.wanda(W.float(), norms2, cfg.weight_sparsity, pattern)
         elif cfg.method == "sparsegpt":
             new = solvers.sparsegpt(W, H, cfg.weight_sparsity, pattern, cfg.blocksize, cfg.percdamp)
+        elif Hd is not None:
+            new = solvers.sparsegpt(W, Hd, cfg.weight_sparsity, pattern, cfg.blocksize, cfg.percdamp)
         else:
             new = solvers.duogpt(
                 W, H, G, cfg.weight_sparsity, pattern, cfg.alpha, cfg.ridge, cfg.correction, cfg.blocksize, cfg.percdamp
