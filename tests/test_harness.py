@@ -99,3 +99,25 @@ def test_unknown_task_or_bad_arguments_are_usage_errors(offline_task_dir, tmp_pa
         harness.run_lm_eval(model, tokenizer, [TASK], limit=0)
     with pytest.raises(UsageError, match="unknown lm-eval task"):
         harness.run_lm_eval(model, tokenizer, ["no_such_task_xyz"], include_path=str(offline_task_dir))
+
+
+def test_cli_eval_runs_builtin_and_lm_eval_tasks(offline_task_dir, tiny_checkpoint, tmp_path, capsys):
+    from duogpt.cli import main
+
+    docs = [
+        " ".join(f"Sentence {d} {s} tells of the {w} again." for s, w in enumerate("river stone garden window".split()))
+        for d in range(12)
+    ]
+    text = tmp_path / "docs.txt"
+    text.write_text("\n\n".join(docs))
+    out = tmp_path / "eval.json"
+    args = ["eval", str(tiny_checkpoint), "--text", str(text), "--seqlen", "32", "--max-windows", "2", "--quiet"]
+    args += ["--tasks", f"cloze,{TASK}", "--task-items", "4", "--include-path", str(offline_task_dir)]
+    assert main([*args, "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "cloze" in printed and TASK in printed
+    report = json.loads(out.read_text())
+    assert report["tasks"]["cloze"]["n"] == 4
+    assert set(report["tasks"][TASK]) >= {"acc", "acc_norm"}
+    assert main([*args[:-6], "--tasks", "no_such_task_anywhere", "--include-path", str(offline_task_dir)]) == 2
+    assert "unknown lm-eval task(s) no_such_task_anywhere" in capsys.readouterr().err

@@ -17,33 +17,46 @@ def prune(
     out: str | Path | None = None,
     device: str = "cpu",
     progress: bool = True,
+    force: bool = False,
+    resume: bool = True,
     **settings,
 ):
     """Prune ``model`` (hub id, local path, or None for the default) and return it.
 
     ``settings`` are the other fields of :class:`duogpt.pipeline.PruneConfig`
     (pattern, alpha, ridge, correction, calib, nsamples, seqlen, seed, ...). With ``out``
-    the checkpoint is saved there. The returned model has its sparsifiers installed and
-    the run's report at ``model.duogpt_report``.
+    the checkpoint is saved there (an existing one only with ``force``), and the state after
+    every block is kept in ``<out>.duogpt-work`` until it is: an interrupted prune run again
+    with the same arguments continues from its last finished block (``resume=False``
+    starts over). The returned model has its sparsifiers installed and the run's report
+    at ``model.duogpt_report``.
     """
+    import shutil
+
     import torch
 
     from duogpt import checkpoint, data
     from duogpt.models import load_model, resolve_model_path
     from duogpt.pipeline import PruneConfig, prune_model
+    from duogpt.resume import work_dir_for
 
     cfg = PruneConfig(method=method, weight_sparsity=weight_sparsity, act_sparsity=act_sparsity, **settings)
     cfg.validate()
+    work = None
     if out is not None:
-        checkpoint.check_out_dir(out)
+        checkpoint.check_out_dir(out, force)
+        work = work_dir_for(out)
+        if not resume:
+            shutil.rmtree(work, ignore_errors=True)
     text = data.load_text(cfg.calib, "calib")
     lm, tokenizer = load_model(model, device=device)
     samples = data.calibration_samples(data.tokenize(tokenizer, text), cfg.nsamples, cfg.seqlen, cfg.seed)
     torch.manual_seed(cfg.seed)
-    result = prune_model(lm, samples, cfg, progress=progress)
+    result = prune_model(lm, samples, cfg, progress=progress, work_dir=work)
     lm.duogpt_report = result
     if out is not None:
-        checkpoint.save(lm, tokenizer, result, out, base_model=model or resolve_model_path(None))
+        checkpoint.save(lm, tokenizer, result, out, base_model=model or resolve_model_path(None), force=force)
+        shutil.rmtree(work, ignore_errors=True)
     return lm
 
 

@@ -27,7 +27,9 @@ def check_out_dir(out: str | Path, force: bool = False) -> Path:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} exists and is not a directory: choose another path")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise UsageError(f"--out {str(out)!r} exists and is not empty: choose a new directory or remove it")
+        raise UsageError(
+            f"--out {str(out)!r} exists and is not empty: choose a new directory, or pass --force to replace it"
+        )
     return out
 
 

@@ -139,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", required=True, metavar="DIR", help="output checkpoint directory (must not exist or be empty)"
     )
+    p.add_argument("--force", action="store_true", help="replace an existing --out directory")
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start over even if an interrupted run left its state in OUT.duogpt-work",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-linear log lines")
 
     e = sub.add_parser(
@@ -181,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluation windows, spread over the text (default: %(default)s)",
     )
     e.add_argument("--batch-size", type=_positive, default=4, help="windows per forward pass (default: %(default)s)")
+    e.add_argument(
+        "--tasks",
+        metavar="LIST",
+        help="comma-separated zero-shot tasks: built-in last_word, cloze (offline, over --text), "
+        "or lm-eval task names such as piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa",
+    )
+    e.add_argument("--task-items", type=_positive, default=200, help="items per built-in task (default: %(default)s)")
+    e.add_argument("--include-path", metavar="DIR", help="lm-eval: a folder of extra task YAMLs")
+    e.add_argument("--limit", type=_positive, help="lm-eval: at most this many examples per task")
     e.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     e.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -344,6 +359,8 @@ def _prune(args) -> int:
         batch_size=args.batch_size,
         percdamp=args.percdamp,
         sparsify_prefill=not args.dense_prefill,
+        force=args.force,
+        resume=not args.no_resume,
     )
     result = model.duogpt_report
     print(
@@ -389,6 +406,7 @@ def _eval(args) -> int:
         ("wall seconds", f"{result.wall_seconds:.1f}"),
         ("peak RSS MB", f"{result.peak_rss_mb:.0f}"),
     ]
+    report["tasks"] = _zero_shot(args, model, tokenizer, text, rows)
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
@@ -428,6 +446,29 @@ def _sweep(args) -> int:
     return 0
 
 
+def _zero_shot(args, model, tokenizer, text: str, rows: list) -> dict:
+    """Run --tasks: the built-in ones here, the rest through lm-eval; adds a row per metric."""
+    from duogpt.tasks import TASKS, run_builtin_tasks
+
+    names = [t.strip() for t in (args.tasks or "").split(",") if t.strip()]
+    out = {}
+    builtin = [t for t in names if t in TASKS]
+    if builtin:
+        for r in run_builtin_tasks(model, tokenizer, text, builtin, args.task_items, progress=not args.quiet):
+            out[r.name] = r.to_json()
+            rows.append((r.name, f"{r.accuracy:.3f}  (95% CI {r.ci_low:.3f}-{r.ci_high:.3f}, n={r.n})"))
+    others = [t for t in names if t not in TASKS]
+    if others:
+        from duogpt.harness import run_lm_eval
+
+        result = run_lm_eval(model, tokenizer, others, args.include_path, args.limit)
+        for task, metrics in result["results"].items():
+            out[task] = metrics
+            shown = {k: v for k, v in metrics.items() if k in ("acc", "acc_norm") and isinstance(v, float)}
+            rows.append((task, "  ".join(f"{k} {v:.3f}" for k, v in shown.items()) or str(metrics)))
+    return out
+
+
 class _TqdmHandler(logging.Handler):
     """Log lines that print above the progress bar instead of through it."""
 
@@ -451,15 +492,43 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # our own bars cover the long work
     try:
-        commands = {"prune": _prune, "eval": _eval, "report": _report, "generate": _generate, "bench": _bench,
-                    "sweep": _sweep}
+        commands = {
+            "prune": _prune,
+            "eval": _eval,
+            "report": _report,
+            "generate": _generate,
+            "bench": _bench,
+            "sweep": _sweep,
+        }
         return commands[args.command](args)
     except UsageError as err:
-        print(f"duogpt {args.command}: error: {err}", file=sys.stderr)
+        print(f"duogpt {args.command}: error: {err}{_resumable_note(args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"duogpt {args.command}: interrupted; nothing was written", file=sys.stderr)
+        print(f"duogpt {args.command}: interrupted; {_left_behind(args)}", file=sys.stderr)
         return 130
+
+
+def _resumable_note(args) -> str:
+    if args.command != "prune":
+        return ""
+    from duogpt.resume import work_dir_for
+
+    work = work_dir_for(args.out)
+    return f" (finished blocks are kept in {work})" if work.is_dir() else ""
+
+
+def _left_behind(args) -> str:
+    """What an interrupted command leaves: a prune's resumable state, a sweep's finished cells."""
+    if args.command == "prune":
+        from duogpt.resume import work_dir_for
+
+        work = work_dir_for(args.out)
+        if work.is_dir():
+            return f"no checkpoint was written; finished blocks are kept in {work}: run the same command to continue"
+    if args.command == "sweep" and args.out:
+        return f"finished cells are kept in {args.out}/cells: run the same command to continue"
+    return "nothing was written"
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -227,21 +228,43 @@ def _stream_names(cfg: PruneConfig) -> list[str]:
 
 
 @torch.no_grad()
-def prune_model(model: nn.Module, samples: torch.Tensor, cfg: PruneConfig, progress: bool = True) -> PruneResult:
-    """Prune ``model`` in place to dual sparsity; returns thresholds and per-linear reports."""
+def prune_model(
+    model: nn.Module,
+    samples: torch.Tensor,
+    cfg: PruneConfig,
+    progress: bool = True,
+    work_dir: str | Path | None = None,
+) -> PruneResult:
+    """Prune ``model`` in place to dual sparsity; returns thresholds and per-linear reports.
+
+    With ``work_dir`` the state after every block is saved there, and a prune that finds a
+    state from the same run continues after its last finished block (bit-identical result).
+    """
+    from duogpt.resume import WorkDir, fingerprint
+
     cfg.validate()
     start = time.perf_counter()
     pattern = solvers.parse_pattern(cfg.pattern)
     _, blocks = find_blocks(model)
     device = next(model.parameters()).device
+    work = None if work_dir is None else WorkDir(work_dir, fingerprint(model, samples, asdict(cfg)))
     chunks = list(samples.to(device).split(cfg.batch_size))
     hidden, kwargs = capture_inputs(model, chunks)
     names = _stream_names(cfg)
     streams = {name: list(hidden) for name in names}
     result = PruneResult(cfg, thresholds={})
     sparsifiers = sparsify.install(model, {}, cfg.sparsify_prefill)
+    first = 0
+    saved = work.load() if work is not None else None
+    if saved is not None:
+        first = _restore(model, blocks, work, saved, streams, result, device)
+        sparsifiers = sparsify.install(model, result.thresholds, cfg.sparsify_prefill)
+        start -= saved["seconds"]
+        log.info("resuming from block %d of %d (state in %s)", first, len(blocks), work.path)
     bar = tqdm(blocks, desc=f"{cfg.method} {cfg.weight_sparsity:.0%}/{cfg.act_sparsity:.0%}", disable=not progress)
     for block in bar:
+        if block.index < first:
+            continue
         kw = kwargs[block.index]
         dense_inputs = None
         if "dense" in streams:
@@ -272,9 +295,44 @@ def prune_model(model: nn.Module, samples: torch.Tensor, cfg: PruneConfig, progr
                 streams["calib"] = _run(block.module, streams["calib"], kw)
         for sp in sparsifiers.values():
             sp.forget()
+        if work is not None:
+            work.save(block.index, _block_weights(block), _state(streams, result, time.perf_counter() - start))
     sparsify.reset_counters(model)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _block_weights(block: Block) -> dict[str, torch.Tensor]:
+    return {name: linear.weight.data for name, linear in block.linears().items()}
+
+
+def _state(streams: dict, result: PruneResult, seconds: float) -> dict:
+    return {
+        "streams": {name: [h.cpu() for h in hs] for name, hs in streams.items()},
+        "thresholds": dict(result.thresholds),
+        "calib_act_sparsity": dict(result.calib_act_sparsity),
+        "linears": [asdict(r) for r in result.linears],
+        "seconds": seconds,
+        "rng": torch.get_rng_state(),
+    }
+
+
+def _restore(model, blocks, work, saved: dict, streams: dict, result: PruneResult, device) -> int:
+    """Put a saved state back: finished blocks' weights, streams, thresholds, reports. Returns the next block."""
+    first = int(saved["next_block"])
+    for block in blocks[:first]:
+        weights = work.block_weights(block.index)
+        for name, linear in block.linears().items():
+            if name not in weights or weights[name].shape != linear.weight.shape:
+                raise UsageError(f"resumable state in {work.path} does not fit the model: delete it to start over")
+            linear.weight.data = weights[name].to(device=device, dtype=linear.weight.dtype)
+    for name in streams:
+        streams[name] = [h.to(device) for h in saved["streams"][name]]
+    result.thresholds.update(saved["thresholds"])
+    result.calib_act_sparsity.update(saved["calib_act_sparsity"])
+    result.linears.extend(LinearReport(**r) for r in saved["linears"])
+    torch.set_rng_state(saved["rng"])
+    return first
 
 
 def _solve_group(block, group, cfg, pattern, inputs, dense_inputs, result) -> None:

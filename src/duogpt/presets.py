@@ -75,7 +75,7 @@ PRESETS = {
         Preset(
             "ablate-alpha",
             "DuoGPT's residual scale alpha (0 = sparse Hessian, no correction)",
-            ((0.3, 0.3), (0.5, 0.5)),
+            ((0.5, 0.5),),
             ("duogpt",),
             variant_field="alpha",
             variants=(0.0, 0.25, 0.5, 1.0),
@@ -84,7 +84,7 @@ PRESETS = {
         Preset(
             "ablate-correction",
             "corrected target vs GPTAQ-style sequential correction vs none",
-            ((0.3, 0.3), (0.5, 0.5)),
+            ((0.5, 0.5),),
             ("duogpt",),
             variant_field="correction",
             variants=("target", "sequential", "none"),
@@ -93,7 +93,7 @@ PRESETS = {
         Preset(
             "ablate-hessian",
             "Hessian from the sparse (compressed) inputs vs from the dense inputs",
-            ((0.3, 0.3), (0.5, 0.5)),
+            ((0.5, 0.5),),
             ("duogpt",),
             variant_field="hessian",
             variants=("sparse", "dense"),
@@ -103,7 +103,7 @@ PRESETS = {
             "ablate-tokens",
             "number of calibration sequences (of 512 tokens)",
             ((0.5, 0.5),),
-            ("sparsegpt", "duogpt"),
+            ("duogpt",),
             variant_field="nsamples",
             variants=(8, 16, 32, 64),
             nsamples=64,

@@ -1,0 +1,90 @@
+"""Resumable prunes: the state of a prune after each finished block, kept in a work directory.
+
+After block ``i`` the work directory holds ``block-{i}.safetensors`` (that block's pruned
+linear weights) and ``state.pt`` (the calibration streams entering block ``i + 1``, the
+thresholds and reports so far, the RNG state). ``state.pt`` is replaced atomically, so a
+kill at any moment leaves either the previous or the new state. A fingerprint of the model,
+the samples and the settings guards against resuming a different run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from duogpt.errors import UsageError
+
+STATE_FILE = "state.pt"
+WORK_SUFFIX = ".duogpt-work"
+
+
+def work_dir_for(out: str | Path) -> Path:
+    """Where a prune writing ``out`` keeps its resumable state."""
+    out = Path(out)
+    return out.with_name(out.name + WORK_SUFFIX)
+
+
+def fingerprint(model, samples: torch.Tensor, config: dict) -> str:
+    """Hash of what must match for a resumed prune to equal an uninterrupted one."""
+    h = hashlib.sha256()
+    h.update(json.dumps(config, sort_keys=True).encode())
+    h.update(samples.cpu().numpy().tobytes())
+    h.update(str(model.config.to_dict()).encode())
+    for name, p in sorted(model.state_dict().items())[:4]:  # a cheap check that the weights are the same
+        h.update(name.encode())
+        h.update(p.detach().float().flatten()[:1024].cpu().numpy().tobytes())
+    h.update(f"{torch.__version__} {torch.get_num_threads()}".encode())
+    return h.hexdigest()
+
+
+class WorkDir:
+    def __init__(self, path: str | Path, fingerprint: str):
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+
+    def load(self) -> dict | None:
+        """The saved state, or None when there is none; refuses a state from another run."""
+        state_path = self.path / STATE_FILE
+        if not state_path.is_file():
+            return None
+        try:
+            state = torch.load(state_path, weights_only=True)
+        except Exception as err:  # a damaged file: say so rather than resume from it
+            raise UsageError(
+                f"resumable state {state_path} is unreadable ({type(err).__name__}): delete {self.path} to start over"
+            ) from None
+        if state.get("fingerprint") != self.fingerprint:
+            raise UsageError(
+                f"resumable state in {self.path} belongs to a different run (model, samples, settings or thread "
+                "count differ): rerun with the same settings, or delete it to start over"
+            )
+        return state
+
+    def block_weights(self, index: int) -> dict[str, torch.Tensor]:
+        path = self.path / f"block-{index}.safetensors"
+        try:
+            return load_file(str(path))
+        except Exception as err:
+            raise UsageError(
+                f"resumable state {path} is missing or damaged ({type(err).__name__}): delete {self.path} to start over"
+            ) from None
+
+    def save(self, index: int, weights: dict[str, torch.Tensor], state: dict) -> None:
+        """Record block ``index`` as finished: its weights first, then the state that points past it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        block = self.path / f"block-{index}.safetensors"
+        tmp = block.with_name(block.name + ".tmp")
+        save_file({k: v.contiguous().cpu() for k, v in weights.items()}, str(tmp))
+        os.replace(tmp, block)
+        tmp = self.path / (STATE_FILE + ".tmp")
+        torch.save(dict(state, fingerprint=self.fingerprint, next_block=index + 1), tmp)
+        os.replace(tmp, self.path / STATE_FILE)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
