@@ -9,6 +9,7 @@ The directory loads as a plain (dense-format, masked) model with ``transformers`
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -73,6 +74,13 @@ def read_meta(path: str | Path) -> dict | None:
         raise UsageError(f"{meta_path} is not valid JSON ({err}): re-run duogpt prune to rewrite it") from None
     if not isinstance(meta, dict) or meta.get("format") != "duogpt" or not isinstance(meta.get("thresholds"), dict):
         raise UsageError(f"{meta_path} is not a duogpt metadata file: re-run duogpt prune to rewrite it")
+    if not isinstance(meta.get("config"), dict) or not isinstance(meta["config"].get("method"), str):
+        raise UsageError(f"{meta_path} has no valid 'config' section: re-run duogpt prune to rewrite it")
+    for name, tau in meta["thresholds"].items():
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau < 0:
+            raise UsageError(
+                f"{meta_path}: threshold {name!r} is {tau!r}, not a finite number >= 0: re-run duogpt prune"
+            )
     return meta
 
 
@@ -92,8 +100,7 @@ def load(path: str | Path, device: str = "cpu", sparsify_prefill: bool | None = 
         to_sparse_runtime(model, load_packed(path))
     if meta is not None:
         prefill = meta["config"].get("sparsify_prefill", True) if sparsify_prefill is None else sparsify_prefill
-        thresholds = meta["thresholds"]
-        if not all(isinstance(v, (int, float)) for v in thresholds.values()):
-            raise UsageError(f"{Path(path) / META_FILE} has non-numeric thresholds: re-run duogpt prune")
-        sparsify.install(model, thresholds, prefill)
+        if not isinstance(prefill, bool):
+            raise UsageError(f"{Path(path) / META_FILE}: config.sparsify_prefill must be true or false")
+        sparsify.install(model, meta["thresholds"], prefill)
     return model, tokenizer, meta

@@ -46,13 +46,21 @@ def _nonneg(text: str) -> float:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line (with the fix: see --help), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="duogpt",
         description="Dual-sparse pruning (weights + activations) of Hugging Face causal LMs.",
     )
     parser.add_argument("--version", action="version", version=f"duogpt {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser(
         "prune",
@@ -507,6 +515,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"duogpt {args.command}: interrupted; {_left_behind(args)}", file=sys.stderr)
         return 130
+    except Exception as err:  # anything else is a bug or an unforeseen input: one line, unless --debug
+        if args.debug:
+            raise
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        print(
+            f"duogpt {args.command}: error: {type(err).__name__}: {first}{_resumable_note(args)} "
+            "(rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _resumable_note(args) -> str:

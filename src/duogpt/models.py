@@ -135,7 +135,13 @@ def load_model(model: str | None = None, dtype: torch.dtype = torch.float32, dev
     except OSError as err:
         raise UsageError(f"could not load model {path!r} ({str(err).splitlines()[0]}): check the id or path") from None
     except ValueError as err:
-        raise UsageError(f"unsupported model {path!r}: {str(err).splitlines()[0]}") from None
+        raise UsageError(f"unsupported model {path!r}: {(str(err).splitlines() or [''])[0]}") from None
+    except Exception as err:  # damaged or mismatched weight files raise many types
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise UsageError(
+            f"could not load the weights of {path!r} ({type(err).__name__}: {first}): "
+            "the files are damaged or do not match the config; re-download or re-export them"
+        ) from None
     lm.eval().to(device)
     find_blocks(lm)  # refuse unsupported architectures early
     return lm, tokenizer

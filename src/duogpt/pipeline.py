@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -350,18 +351,19 @@ def _solve_group(block, group, cfg, pattern, inputs, dense_inputs, result) -> No
     for lname, linear in block.groups[group].items():
         t0 = time.perf_counter()
         W = linear.weight.data
-        if cfg.method == "magnitude":
-            new = solvers.magnitude(W.float(), cfg.weight_sparsity, pattern)
-        elif cfg.method == "wanda":
-            new = solvers.wanda(W.float(), norms2, cfg.weight_sparsity, pattern)
-        elif cfg.method == "sparsegpt":
-            new = solvers.sparsegpt(W, H, cfg.weight_sparsity, pattern, cfg.blocksize, cfg.percdamp)
-        elif Hd is not None:
-            new = solvers.sparsegpt(W, Hd, cfg.weight_sparsity, pattern, cfg.blocksize, cfg.percdamp)
-        else:
-            new = solvers.duogpt(
-                W, H, G, cfg.weight_sparsity, pattern, cfg.alpha, cfg.ridge, cfg.correction, cfg.blocksize, cfg.percdamp
-            )
+        full = f"layers.{block.index}.{parent}.{lname}"
+        if not torch.isfinite(W).all():
+            raise UsageError(f"{full}: the weights contain NaN/Inf: the model file is damaged or overflowed")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", solvers.DampeningWarning)
+            try:
+                new = _solve_linear(cfg, pattern, W, H, G, Hd, norms2)
+            except solvers.IllConditioned as err:
+                raise UsageError(
+                    f"{full}: {err}: check the model's weights, or give more calibration tokens (--nsamples)"
+                ) from None
+        for w in caught:
+            log.warning("%s: %s", full, w.message)
         _check_finite(new, block.index, parent, lname)
         err = None
         if H is not None and cfg.method == "sparsegpt":
@@ -369,10 +371,27 @@ def _solve_group(block, group, cfg, pattern, inputs, dense_inputs, result) -> No
         elif cfg.method == "duogpt":
             err = _rel_error(W, new, H, cross, dense_inputs["_out_norm2"][lname])
         linear.weight.data = new.to(W.dtype)
-        full = f"layers.{block.index}.{parent}.{lname}"
         sparsity = float((linear.weight.data == 0).float().mean())
         result.linears.append(LinearReport(full, sparsity, err, time.perf_counter() - t0))
         log.info("%-28s sparsity %.3f  rel. error %s", full, sparsity, "n/a" if err is None else f"{err:.4f}")
+
+
+def _solve_linear(cfg, pattern, W, H, G, Hd, norms2) -> torch.Tensor:
+    """One linear's pruned weights under the method's statistics."""
+    p = cfg.weight_sparsity
+    if cfg.method == "magnitude":
+        return solvers.magnitude(W.float(), p, pattern)
+    if cfg.method == "wanda":
+        if not torch.isfinite(norms2).all():
+            raise solvers.IllConditioned("the input norms have NaN/Inf entries (the inputs overflowed)")
+        return solvers.wanda(W.float(), norms2, p, pattern)
+    if cfg.method == "sparsegpt":
+        return solvers.sparsegpt(W, H, p, pattern, cfg.blocksize, cfg.percdamp)
+    if Hd is not None:
+        return solvers.sparsegpt(W, Hd, p, pattern, cfg.blocksize, cfg.percdamp)
+    if not torch.isfinite(G).all():
+        raise solvers.IllConditioned("the correction statistics G have NaN/Inf entries (the inputs overflowed)")
+    return solvers.duogpt(W, H, G, p, pattern, cfg.alpha, cfg.ridge, cfg.correction, cfg.blocksize, cfg.percdamp)
 
 
 def _check_finite(W: torch.Tensor, index: int, parent: str, lname: str) -> None:

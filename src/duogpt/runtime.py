@@ -128,10 +128,12 @@ def load_packed(directory: str | Path) -> dict[str, SparseLinear] | None:
     for key in tensors:
         if key.endswith(".meta"):
             name = key[: -len(".meta")]
-            n, k, tile_rows = (int(v) for v in tensors[key].tolist())
-            sp = SparseLinear(
-                tensors[f"{name}.bitmaps"], tensors[f"{name}.values"], tensors[f"{name}.offsets"], (n, k), tile_rows
-            )
+            try:
+                n, k, tile_rows = (int(v) for v in tensors[key].flatten().tolist())
+                arrays = (tensors[f"{name}.bitmaps"], tensors[f"{name}.values"], tensors[f"{name}.offsets"])
+            except (KeyError, ValueError, TypeError):
+                raise UsageError(f"{path}: the entry for {name} is incomplete: delete the file to rebuild it") from None
+            sp = SparseLinear(*arrays, (n, k), tile_rows)
             validate(sp)
             out[name] = sp
     return out

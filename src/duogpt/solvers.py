@@ -12,6 +12,7 @@ so DuoGPT is the OBS/SparseGPT sweep with the sparse-input Hessian and a correct
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -155,10 +156,54 @@ def dampen(H: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, torch.Tensor
     return H, dead
 
 
-def _inverse_cholesky_upper(H: torch.Tensor) -> torch.Tensor:
-    """Upper Cholesky factor U of H^-1 (H^-1 = U^T U)."""
-    L = torch.linalg.cholesky(H)
-    return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+class DampeningWarning(UserWarning):
+    """The requested dampening left H indefinite; a larger one was used."""
+
+
+class IllConditioned(ArithmeticError):
+    """H stayed indefinite (or non-finite) at the largest dampening tried."""
+
+
+def damping_steps(percdamp: float) -> list[float]:
+    """The requested dampening, then 10x, 100x and 1000x of it (of 1% if none was requested)."""
+    base = percdamp if percdamp > 0 else 0.01
+    return [percdamp, *(base * 10**i for i in range(1, 4))]
+
+
+def factor_with_dampening(H: torch.Tensor, percdamp: float, factor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``factor(dampen(H, d))`` for the first dampening ``d`` of ``damping_steps`` that succeeds.
+
+    ``factor`` returns (result, ok). Returns (result, dead inputs); warns (DampeningWarning)
+    when more than the requested dampening was needed, raises IllConditioned when none helps.
+    """
+    if not torch.isfinite(H).all():
+        raise IllConditioned("the Hessian has NaN/Inf entries (the inputs overflowed)")
+    for damp in damping_steps(percdamp):
+        Hd, dead = dampen(H, damp)
+        result, ok = factor(Hd)
+        if ok:
+            if damp != percdamp:
+                warnings.warn(
+                    f"Hessian not positive definite with {percdamp:.2%} dampening; used {damp:.2%}",
+                    DampeningWarning,
+                    stacklevel=3,
+                )
+            return result, dead
+    raise IllConditioned(f"the Hessian is not positive definite even with {damp:.0%} dampening")
+
+
+def _inverse_cholesky_upper(H: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Upper Cholesky factor U of H^-1 (H^-1 = U^T U), and whether both factorisations worked."""
+    L, info = torch.linalg.cholesky_ex(H)
+    if info != 0:
+        return L, False
+    U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+    return U, bool(info == 0 and torch.isfinite(U).all())
+
+
+def _cholesky(H: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    L, info = torch.linalg.cholesky_ex(H)
+    return L, bool(info == 0)
 
 
 def _block_counts(n_rows: int, cols: int, blocksize: int, sparsity: float) -> list[int]:
@@ -185,10 +230,10 @@ def obs_sweep(
     """
     _check(sparsity)
     n_rows, cols = W.shape
-    Hd, dead = dampen(H, percdamp)
+    U, dead = factor_with_dampening(H, percdamp, _inverse_cholesky_upper)
+    U = U.float()
     W = W.float().clone()  # the sweep runs in float32; the factorisation in float64
     W[:, dead] = 0
-    U = _inverse_cholesky_upper(Hd).float()
     P = None if P is None else P.float()
     counts = _block_counts(n_rows, cols, blocksize, sparsity)
     for b, i1 in enumerate(range(0, cols, blocksize)):
@@ -292,12 +337,11 @@ def corrected_target(W: torch.Tensor, H: torch.Tensor, G: torch.Tensor, alpha: f
 
     With alpha = 1 and ridge = 0 this is the least-squares target ``W Xd Xs^T H^-1``.
     """
-    Hr, _ = dampen(H, ridge)
     W = W.double()
     if alpha == 0:
         return W
     WG = W @ G.double()
-    L = torch.linalg.cholesky(Hr)
+    L, _ = factor_with_dampening(H, ridge, _cholesky)
     return W + alpha * torch.cholesky_solve(WG.T, L).T  # Hr symmetric: (WG) Hr^-1 = (Hr^-1 (WG)^T)^T
 
 
@@ -312,8 +356,7 @@ def sequential_correction(H: torch.Tensor, G: torch.Tensor, alpha: float, percda
 
     Row j of P is ``alpha * G[j, j+1:] inv(H[j+1:, j+1:])`` (zero up to column j).
     """
-    Hd, _ = dampen(H, percdamp)
-    U = _inverse_cholesky_upper(Hd)
+    U, _ = factor_with_dampening(H, percdamp, _inverse_cholesky_upper)
     return alpha * torch.triu(G.double() @ U.T, diagonal=1) @ U
 
 

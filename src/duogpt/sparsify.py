@@ -95,7 +95,8 @@ def install(model: nn.Module, thresholds: dict[str, float], sparsify_prefill: bo
     for name, tau in thresholds.items():
         if name not in by_name:
             raise UsageError(
-                f"threshold for {name!r} does not match the model: its blocks are layers.0..{len(blocks) - 1}"
+                f"threshold for {name!r} does not match the model (blocks layers.0..{len(blocks) - 1}): "
+                "the thresholds belong to another model; re-run duogpt prune on this one"
             )
         block, group = by_name[name]
         if name in registry:
