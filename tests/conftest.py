@@ -76,3 +76,26 @@ def text_file(tmp_path_factory):
 def samples():
     torch.manual_seed(1)
     return torch.randint(0, 256, (8, 32))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leaves_no_files_behind():
+    """The suite writes only under pytest's temporary folders and the caches, never into the checkout."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def status() -> set[str]:
+        try:
+            out = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=all"], cwd=root, capture_output=True, text=True
+            )
+        except OSError:
+            return set()
+        return set(out.stdout.splitlines()) if out.returncode == 0 else set()
+
+    before = status()
+    yield
+    new = status() - before
+    assert not new, f"the tests left files in the checkout: {sorted(new)}"

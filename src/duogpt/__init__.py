@@ -51,8 +51,15 @@ def prune(
     text = data.load_text(cfg.calib, "calib")
     lm, tokenizer = load_model(model, device=device)
     samples = data.calibration_samples(data.tokenize(tokenizer, text), cfg.nsamples, cfg.seqlen, cfg.seed)
+    from duogpt import resources
+    from duogpt.evaluate import peak_rss_mb
+    from duogpt.pipeline import stream_names
+
+    need = resources.estimate(lm, cfg.nsamples, cfg.seqlen, len(stream_names(cfg)), with_work_dir=out is not None)
+    resources.check(need, out)
     torch.manual_seed(cfg.seed)
     result = prune_model(lm, samples, cfg, progress=progress, work_dir=work)
+    result.resources = {**need.to_json(), "peak_rss_mb": peak_rss_mb()}
     lm.duogpt_report = result
     if out is not None:
         checkpoint.save(lm, tokenizer, result, out, base_model=model or resolve_model_path(None), force=force)

@@ -51,6 +51,7 @@ def save(model, tokenizer, result: PruneResult, out: str | Path, base_model: str
             "format_version": FORMAT_VERSION,
             "base_model": base_model,
             **result.to_json(),
+            "checkpoint_mb": sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) / 2**20,
             "sparse_format": {"file": "duogpt-sparse.safetensors", "bytes": packed_bytes, "dense_bytes": dense_bytes},
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))

@@ -88,6 +88,7 @@ class PruneResult:
     linears: list[LinearReport] = field(default_factory=list)
     calib_act_sparsity: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    resources: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {
@@ -96,6 +97,7 @@ class PruneResult:
             "calib_act_sparsity": self.calib_act_sparsity,
             "linears": [asdict(r) for r in self.linears],
             "prune_seconds": self.seconds,
+            "resources": self.resources,
         }
 
 
@@ -220,7 +222,7 @@ def _rel_error(W, What, H, cross=None, target_norm2=None) -> float:
     return float(err.clamp_min(0) / max(target_norm2, 1e-30))
 
 
-def _stream_names(cfg: PruneConfig) -> list[str]:
+def stream_names(cfg: PruneConfig) -> list[str]:
     if cfg.method == "duogpt":
         return ["dense", "comp"]
     if cfg.method == "magnitude":
@@ -251,7 +253,7 @@ def prune_model(
     work = None if work_dir is None else WorkDir(work_dir, fingerprint(model, samples, asdict(cfg)))
     chunks = list(samples.to(device).split(cfg.batch_size))
     hidden, kwargs = capture_inputs(model, chunks)
-    names = _stream_names(cfg)
+    names = stream_names(cfg)
     streams = {name: list(hidden) for name in names}
     result = PruneResult(cfg, thresholds={})
     sparsifiers = sparsify.install(model, {}, cfg.sparsify_prefill)
