@@ -111,14 +111,14 @@ def validate(sp: SparseLinear) -> None:
         raise UsageError(f"sparse weight shape {sp.shape} / tile rows {sp.tile_rows} are invalid: re-export")
     if sp.bitmaps.dtype != torch.uint64 or sp.offsets.dtype != torch.int64:
         raise UsageError("sparse weight bitmaps must be uint64 and offsets int64: re-export the checkpoint")
-    if not all(t.is_contiguous() for t in (sp.bitmaps, sp.values, sp.offsets)):
-        raise UsageError("sparse weight arrays must be contiguous: re-export the checkpoint")
     words = sp.tile_rows // 64
     n_tiles = max(1, -(-n // sp.tile_rows))
     if sp.bitmaps.shape != (n_tiles, k, words) or sp.offsets.shape != (n_tiles, k + 1):
         raise UsageError(f"sparse weight arrays do not match shape {sp.shape}: re-export the checkpoint")
     if sp.values.dtype not in DTYPES or sp.values.dim() != 1:
         raise UsageError("sparse weight values must be a 1-D float32/float16/bfloat16 array: re-export")
+    if not all(t.is_contiguous() for t in (sp.bitmaps, sp.values, sp.offsets)):
+        raise UsageError("sparse weight arrays must be contiguous: re-export the checkpoint")
     counts = _words_to_bits(sp.bitmaps).sum(-1)  # (t, k)
     starts = sp.offsets[:, :-1]
     ends = torch.cat([sp.offsets[:, 1:-1], sp.offsets[:, -1:]], dim=1)
