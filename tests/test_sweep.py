@@ -102,3 +102,19 @@ def test_sweep_errors(capsys, tmp_path):
     assert "--out DIR is required" in capsys.readouterr().err
     assert main(["sweep", "--list"]) == 0
     assert "ablate-alpha" in capsys.readouterr().out
+
+
+def test_cells_from_other_data_are_run_again(tiny_checkpoint, corpus, tmp_path, monkeypatch):
+    out = tmp_path / "sweep"
+    assert _run(tiny_checkpoint, corpus, out, "--no-speed", "--task-items", "0") == 0
+    cell = out / "cells" / "wanda-50-50.json"
+    record = json.loads(cell.read_text())
+    cell.write_text(json.dumps(dict(record, grid="from-another-sweep")))
+    real, calls = sweep.run_cell, []
+    monkeypatch.setattr(sweep, "run_cell", lambda c, *a, **k: calls.append(c.label) or real(c, *a, **k))
+    assert _run(tiny_checkpoint, corpus, out, "--no-speed", "--task-items", "0") == 0
+    assert calls == ["wanda-50-50"]
+    assert json.loads(cell.read_text())["grid"] == record["grid"]
+    calls.clear()
+    assert _run(tiny_checkpoint, corpus, out, "--no-speed", "--task-items", "1") == 0  # other task settings
+    assert len(calls) == len(json.loads((out / "results.json").read_text())["results"])

@@ -14,6 +14,7 @@ no two methods (or settings) can share them past the first block.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -178,6 +179,12 @@ def run_cell(cell: Cell, grid: GridData, opts: SweepOptions, out: Path | None = 
     return record
 
 
+def grid_key(grid: GridData, opts: SweepOptions) -> str:
+    """What a finished cell must share with the sweep to be reused: data, model and task settings."""
+    what = [grid.description, opts.model, opts.task_items, opts.task_context, opts.seed]
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
+
+
 def run_grid(
     cells: list[Cell], out: str | Path, grid: GridData, opts: SweepOptions, progress: bool = True
 ) -> list[dict]:
@@ -186,6 +193,7 @@ def run_grid(
     cell_dir = out / "cells"
     cell_dir.mkdir(parents=True, exist_ok=True)
     results = []
+    key = grid_key(grid, opts)
     log = logging.getLogger("duogpt")
     level = log.level
     log.setLevel(logging.WARNING)  # the per-linear lines would bury the grid's progress bar
@@ -194,12 +202,16 @@ def run_grid(
         for cell in bar:
             path = cell_dir / f"{cell.label}.json"
             if path.is_file():
-                results.append(json.loads(path.read_text()))
-                continue
+                saved = json.loads(path.read_text())
+                if saved.get("grid") == key:
+                    results.append(saved)
+                    continue
+                log.warning("%s was made with other data or settings: running it again", path)
             bar.set_postfix_str(cell.label)
             t0 = time.perf_counter()
             record = run_cell(cell, grid, opts, out, progress=False)
             record["cell_seconds"] = time.perf_counter() - t0
+            record["grid"] = key
             write_atomic(path, json.dumps(record, indent=1))
             results.append(record)
     finally:
