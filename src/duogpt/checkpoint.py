@@ -34,17 +34,41 @@ def check_out_dir(out: str | Path, force: bool = False) -> Path:
     return out
 
 
-def save(model, tokenizer, result: PruneResult, out: str | Path, base_model: str, force: bool = False) -> Path:
-    """Write the checkpoint under a temporary name beside ``out``, then rename it into place."""
-    out = check_out_dir(out, force)
+def write_dir_atomically(out: str | Path, fill) -> Path:
+    """Let ``fill(tmp)`` write a temporary sibling of ``out``, then rename it into place.
+
+    An existing ``out`` (the caller has checked it may go) is moved aside first and put back
+    if the rename fails; a failure leaves no temporary directory behind.
+    """
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    old = None
     try:
+        fill(tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            out.rename(old / "previous")
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and (old / "previous").exists() and not out.exists():
+            (old / "previous").rename(out)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def save(model, tokenizer, result: PruneResult, out: str | Path, base_model: str, force: bool = False) -> Path:
+    """Write the checkpoint under a temporary name beside ``out``, then rename it into place."""
+    from duogpt.runtime import save_packed
+
+    def fill(tmp: Path) -> None:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        from duogpt.runtime import save_packed
-
         _, packed_bytes, dense_bytes = save_packed(model, tmp)
         meta = {
             "format": "duogpt",
@@ -55,13 +79,8 @@ def save(model, tokenizer, result: PruneResult, out: str | Path, base_model: str
             "sparse_format": {"file": "duogpt-sparse.safetensors", "bytes": packed_bytes, "dense_bytes": dense_bytes},
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return write_dir_atomically(check_out_dir(out, force), fill)
 
 
 def read_meta(path: str | Path) -> dict | None:

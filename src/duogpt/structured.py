@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import copy
 import math
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -270,26 +268,15 @@ def prune_width(
 
 def save_model(model: nn.Module, tokenizer, out_dir: str | Path, force: bool = False) -> Path:
     """``save_pretrained`` model and tokenizer into a temporary sibling, then rename into place."""
+    from duogpt.checkpoint import write_dir_atomically
+
     out = Path(out_dir)
     if out.exists() and not force:
         raise UsageError(f"{str(out)!r} already exists: choose a new directory or pass --force (force=True)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    old = None
-    try:
+
+    def fill(tmp: Path) -> None:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if out.exists():  # force: move the old one aside first, so a failure can put it back
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            out.rename(old / "previous")
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and (old / "previous").exists() and not out.exists():
-            (old / "previous").rename(out)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return out
+
+    return write_dir_atomically(out, fill)
