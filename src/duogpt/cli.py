@@ -527,23 +527,26 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _resumable_note(args) -> str:
+def _prune_state(args):
+    """The resumable state an unfinished prune left, or None."""
     if args.command != "prune":
-        return ""
+        return None
     from duogpt.resume import work_dir_for
 
     work = work_dir_for(args.out)
-    return f" (finished blocks are kept in {work})" if work.is_dir() else ""
+    return work if work.is_dir() else None
+
+
+def _resumable_note(args) -> str:
+    work = _prune_state(args)
+    return f" (finished blocks are kept in {work})" if work else ""
 
 
 def _left_behind(args) -> str:
     """What an interrupted command leaves: a prune's resumable state, a sweep's finished cells."""
-    if args.command == "prune":
-        from duogpt.resume import work_dir_for
-
-        work = work_dir_for(args.out)
-        if work.is_dir():
-            return f"no checkpoint was written; finished blocks are kept in {work}: run the same command to continue"
+    work = _prune_state(args)
+    if work:
+        return f"no checkpoint was written; finished blocks are kept in {work}: run the same command to continue"
     if args.command == "sweep" and args.out:
         return f"finished cells are kept in {args.out}/cells: run the same command to continue"
     return "nothing was written"

@@ -148,9 +148,7 @@ def plan_cells(preset: Preset, config, value_bytes: int) -> list[Cell]:
                 cells.append(Cell(label, method, pw, px, {preset.variant_field: value}))
         target = speedup(config, value_bytes, preset.seqlen, p_w=pw, p_x=px)
         for kind in preset.structured:
-            plan = plan_shortgpt(config, value_bytes, target, preset.seqlen)
-            if kind == "flap":
-                plan = plan_flap(config, value_bytes, target, preset.seqlen)
+            plan = PLANNERS[kind](config, value_bytes, target, preset.seqlen)
             cells.append(Cell(f"{kind}-{t}", kind, settings={"matched_to": f"duogpt-{t}", **plan}))
     return cells
 
@@ -197,3 +195,6 @@ def plan_flap(config, value_bytes: int, target: float, context: int) -> dict:
     if best is None:
         raise UsageError(f"width pruning cannot reach an estimated {target:.2f}x on this model: lower the sparsity")
     return best[1]
+
+
+PLANNERS = {"shortgpt": plan_shortgpt, "flap": plan_flap}

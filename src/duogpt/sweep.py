@@ -58,7 +58,7 @@ class SweepOptions:
 
 
 def prepare(
-    model: str | None,
+    tokenizer,
     calib: str,
     nsamples: int,
     seqlen: int,
@@ -67,7 +67,6 @@ def prepare(
     eval_split: str,
     eval_windows: int,
 ) -> GridData:
-    _, tokenizer = load_model(model)
     samples = data.calibration_samples(data.tokenize(tokenizer, data.load_text(calib, "calib")), nsamples, seqlen, seed)
     text = data.load_text(eval_text, eval_split)
     windows = data.eval_windows(data.tokenize(tokenizer, text), seqlen, eval_windows)
@@ -248,8 +247,8 @@ def run_sweep(
     from duogpt.presets import plan_cells
 
     start = time.perf_counter()
-    grid = prepare(opts.model, calib, preset.nsamples, preset.seqlen, opts.seed, eval_text, "eval", preset.eval_windows)
     lm, tokenizer = load_model(opts.model)
+    grid = prepare(tokenizer, calib, preset.nsamples, preset.seqlen, opts.seed, eval_text, "eval", preset.eval_windows)
     if opts.task_items:  # fail before the first cell if the text cannot give the task items
         from duogpt.tasks import cloze_items, last_word_items
 
