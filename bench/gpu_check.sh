@@ -7,10 +7,10 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
-.venv/bin/python -m pytest -q tests/test_kernels_triton.py 2>&1 | tee "$OUT/triton-tests.txt"
+.venv/bin/python -m pytest -q tests/runtime/test_kernels_triton.py 2>&1 | tee "$OUT/triton-tests.txt"
 .venv/bin/python - "$OUT" <<'PY'
 import json, sys
-from duogpt import bench
+from duogpt.runtime import bench
 result = bench.gemv_gpu()
 open(f"{sys.argv[1]}/gemv-gpu.json", "w").write(json.dumps(result, indent=1))
 PY

@@ -12,10 +12,11 @@ import argparse
 import json
 from pathlib import Path
 
-from duogpt.presets import PRESETS, get_preset
-from duogpt.report import csv_text, write_atomic
-from duogpt.sweep import SweepOptions, run_sweep
-from duogpt.sweep_report import CSV_COLUMNS
+from duogpt.experiments.outputs import CSV_COLUMNS
+from duogpt.experiments.presets import PRESETS, get_preset
+from duogpt.experiments.sweep import SweepOptions, run_sweep
+from duogpt.files import write_text
+from duogpt.report import csv_text
 
 HEADER = """# Results
 
@@ -50,11 +51,11 @@ def main() -> None:
         sections.append(text)
         field = preset.variant_field
         records += [dict(r, preset=name, variant=field and r["settings"].get(field)) for r in results]
-    write_atomic(doc, "\n".join(sections))
+    write_text(doc, "\n".join(sections))
     columns = ["preset", *CSV_COLUMNS]
     rows = [["" if r.get(c) is None else r[c] for c in columns] for r in records]
-    write_atomic(doc.with_suffix(".csv"), csv_text(columns, rows))
-    write_atomic(doc.with_suffix(".json"), json.dumps(records, indent=1))
+    write_text(doc.with_suffix(".csv"), csv_text(columns, rows))
+    write_text(doc.with_suffix(".json"), json.dumps(records, indent=1))
     print(f"wrote {doc} and its .csv/.json ({len(records)} cells from {len(names)} presets)")
 
 

@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 import duogpt
 from conftest import byte_tokenizer
-from duogpt import sparsify
 from duogpt.cli import main
+from duogpt.pruning import sparsify
 
 FAST = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--quiet"]
 

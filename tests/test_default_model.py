@@ -10,11 +10,12 @@ import json
 import pytest
 import torch
 
-from duogpt import data
+from duogpt import corpus
 from duogpt.cli import main
-from duogpt.evaluate import perplexity
+from duogpt.config import PruneConfig
+from duogpt.evaluation.perplexity import perplexity
 from duogpt.models import _GGUF_FILE, default_model_dir, load_model
-from duogpt.pipeline import PruneConfig, prune_model
+from duogpt.pruning.pipeline import prune_model
 
 pytestmark = pytest.mark.slow
 
@@ -50,8 +51,8 @@ def test_cli_prune_and_eval_default_model(tmp_path, capsys):
 
 def test_duogpt_beats_sparsegpt_and_wanda_at_50_50():
     _, tokenizer = load_model(None)
-    samples = data.calibration_samples(data.tokenize(tokenizer, data.load_text("brown", "calib")), 16, 256, 0)
-    windows = data.eval_windows(data.tokenize(tokenizer, data.load_text("brown", "eval")), 256, 8)
+    samples = corpus.calibration_samples(corpus.tokenize(tokenizer, corpus.load_text("brown", "calib")), 16, 256, 0)
+    windows = corpus.eval_windows(corpus.tokenize(tokenizer, corpus.load_text("brown", "eval")), 256, 8)
     ppl = {}
     for method in ("wanda", "sparsegpt", "duogpt"):
         model, _ = load_model(None)

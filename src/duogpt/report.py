@@ -1,12 +1,10 @@
-"""Tables from evaluation results: Markdown for people, CSV for tools."""
+"""Tables: Markdown for people, CSV for tools; the ``duogpt report`` comparison of eval results."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from duogpt.errors import UsageError
@@ -63,27 +61,3 @@ def csv_text(header: list[str], rows: list[list[str]]) -> str:
     writer.writerow(header)
     writer.writerows(rows)
     return buf.getvalue()
-
-
-def check_writable(path: str | Path) -> Path:
-    """Refuse an output file whose directory does not exist (checked before any long work)."""
-    target = Path(path)
-    if not target.resolve().parent.is_dir():
-        raise UsageError(f"{str(target)!r}: its directory does not exist: create it first")
-    return target
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    target = check_writable(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.resolve().parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,0 +1,46 @@
+"""duogpt bench: dense vs dual-sparse benchmarks, side by side in one run."""
+
+from __future__ import annotations
+
+import json
+
+from duogpt.cli import options
+from duogpt.files import check_writable, write_text
+from duogpt.runtime import bench
+
+
+def add(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="kernel and decode benchmarks against dense",
+        description="Dense vs dual-sparse benchmarks, side by side in one run.",
+    )
+    p.add_argument(
+        "kind", choices=("gemv", "decode"), help="gemv: one linear at 7B and default-model shapes; decode: tokens/s"
+    )
+    p.add_argument("--checkpoint", metavar="DIR", help="decode: also time this pruned checkpoint")
+    options.positive(p, "--layers", "decode: blocks of the random 7B-shaped stack", default=4)
+    options.positive(p, "--repeats", "gemv: timed calls per side", default=50)
+    p.add_argument("--quick", action="store_true", help="gemv: default-model shapes only, fewer repeats")
+    options.output_file(p, "--json", "write the records as JSON")
+    options.output_file(p, "--markdown", "write a Markdown summary")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    for path in (args.json, args.markdown):
+        if path:
+            check_writable(path)
+    if args.kind == "gemv":
+        shapes = bench.DEFAULT_MODEL_SHAPES if args.quick else None
+        result = bench.gemv(shapes=shapes, repeats=10 if args.quick else args.repeats)
+        text = bench.gemv_markdown(result)
+    else:
+        result = bench.decode(args.checkpoint, layers=args.layers)
+        text = bench.decode_markdown(result)
+    if args.json:
+        write_text(args.json, json.dumps(result, indent=1))
+    if args.markdown:
+        write_text(args.markdown, text)
+    print(text)
+    return 0

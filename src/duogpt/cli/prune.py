@@ -1,0 +1,41 @@
+"""duogpt prune: prune a model to dual sparsity and save a checkpoint."""
+
+from __future__ import annotations
+
+from duogpt.api import prune
+from duogpt.cli import options
+
+
+def add(sub) -> None:
+    p = sub.add_parser(
+        "prune",
+        help="prune a model to dual sparsity and save it",
+        description="Prune a model to dual sparsity (weights + activations) and save a checkpoint.",
+    )
+    options.model(p)
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="output checkpoint directory (must not exist or be empty)"
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing --out directory")
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start over even if an interrupted run left its state in OUT.duogpt-work",
+    )
+    options.device(p)
+    options.quiet(p, "no progress bars or per-linear log lines")
+    options.prune_settings(p)
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    cfg = options.prune_config(args)
+    model = prune(
+        args.model, cfg, out=args.out, device=args.device, progress=not args.quiet, force=args.force,
+        resume=not args.no_resume,
+    )  # fmt: skip
+    print(
+        f"pruned with {cfg.method} to {cfg.weight_sparsity:.0%} weights / {cfg.act_sparsity:.0%} activations "
+        f"in {model.duogpt_report.seconds:.1f} s -> {args.out}"
+    )
+    return 0

@@ -1,0 +1,95 @@
+"""Settings of a prune: the one place that names them, documents them and checks them.
+
+Every field of :class:`PruneConfig` carries its help text, its check (see ``duogpt.checks``)
+and, where it has one, its choices; the ``duogpt prune`` flags are generated from these
+fields (``weight_sparsity`` -> ``--weight-sparsity``, a boolean -> ``--name/--no-name``), and
+``duogpt.prune`` takes a ``PruneConfig`` and/or keyword overrides of its fields. All
+settings are recorded in ``duogpt.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from duogpt import checks
+from duogpt.errors import UsageError
+from duogpt.pruning.methods import HESSIANS, METHODS, method_for
+from duogpt.pruning.solvers import CORRECTIONS, parse_pattern
+
+
+def setting(default, help: str, check, *, choices=(), metavar=None, negation_aliases=()):
+    """A config field with what the command line and validation need to know about it.
+
+    ``negation_aliases`` (booleans) are further flags that set the field to False, e.g. the
+    older ``--dense-prefill`` for ``sparsify_prefill``.
+    """
+    meta = dict(help=help, check=check, choices=tuple(choices), metavar=metavar, negation_aliases=negation_aliases)
+    return field(default=default, metadata=meta)
+
+
+def _pattern(name: str, value) -> str:
+    parse_pattern(checks.text(name, value))
+    return value
+
+
+@dataclass
+class PruneConfig:
+    """Settings of one prune (all recorded in duogpt.json)."""
+
+    method: str = setting("duogpt", "pruning method", checks.one_of, choices=METHODS)
+    weight_sparsity: float = setting(0.5, "fraction of weights to prune", checks.fraction, metavar="P")
+    act_sparsity: float = setting(0.5, "fraction of activations zeroed at run time", checks.fraction, metavar="P")
+    pattern: str = setting(
+        "unstructured", "'unstructured' or N:M such as 2:4, 4:8 (N pruned of every M)", _pattern, metavar="N:M"
+    )
+    # alpha 0.25 / ridge 0.1: best of the ablation in docs/ablation-alpha.md at 30/30 and 50/50
+    alpha: float = setting(0.25, "DuoGPT residual-correction scale", checks.nonnegative)
+    ridge: float = setting(0.1, "DuoGPT target ridge, fraction of mean diag(H)", checks.nonnegative)
+    correction: str = setting("target", "DuoGPT residual correction", checks.one_of, choices=CORRECTIONS)
+    hessian: str = setting(
+        "sparse",
+        "DuoGPT Hessian from the sparse inputs, or the dense ones without correction (an ablation)",
+        checks.one_of,
+        choices=HESSIANS,
+    )
+    calib: str = setting(
+        "brown", "calibration text: brown, wikitext2, c4, or a .txt/.jsonl file", checks.text, metavar="SOURCE"
+    )
+    nsamples: int = setting(32, "calibration sequences", checks.positive_int, metavar="N")
+    seqlen: int = setting(512, "tokens per calibration sequence", checks.positive_int, metavar="N")
+    seed: int = setting(0, "seed for sample selection", checks.integer, metavar="N")
+    batch_size: int = setting(8, "calibration sequences per forward pass", checks.positive_int, metavar="N")
+    blocksize: int = setting(128, "OBS column block size", checks.positive_int, metavar="N")
+    percdamp: float = setting(0.01, "OBS dampening, fraction of mean diag(H)", checks.nonnegative)
+    sparsify_prefill: bool = setting(
+        True,
+        "sparsify prompt (prefill) activations too; --no-sparsify-prefill sparsifies decode only",
+        checks.flag,
+        negation_aliases=("--dense-prefill",),
+    )
+
+    def validate(self) -> PruneConfig:
+        """Check every field, then the combinations; returns self."""
+        for f in fields():
+            value = getattr(self, f.name)
+            if f.metadata["choices"]:
+                checks.one_of(f.name, value, f.metadata["choices"])
+            else:
+                f.metadata["check"](f.name, value)
+        method_for(self.method, self.hessian)  # refuses an ablation the method does not have
+        return self
+
+    def replace(self, **overrides) -> PruneConfig:
+        """A copy with ``overrides`` (field names) applied and validated."""
+        unknown = sorted(set(overrides) - {f.name for f in fields()})
+        if unknown:
+            raise UsageError(
+                f"unknown setting(s) {', '.join(unknown)}: use fields of PruneConfig "
+                f"({', '.join(f.name for f in fields())})"
+            )
+        return dataclasses.replace(self, **overrides).validate()
+
+
+def fields() -> tuple[dataclasses.Field, ...]:
+    return dataclasses.fields(PruneConfig)

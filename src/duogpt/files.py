@@ -1,0 +1,104 @@
+"""Every write that must never be seen half-done goes through here, and so does the cache folder.
+
+- :func:`atomic_path`: a temporary path beside the target, renamed over it only on success.
+  Writers that take a path (safetensors, ``torch.save``, matplotlib, a compiler) write there.
+- :func:`write_text`: the same for a string.
+- :func:`write_dir`: a whole directory, filled under a temporary name and renamed into place.
+- :func:`check_writable` and :func:`check_out_dir`: refuse a destination before any long work.
+- :func:`cache_dir`: ``$DUOGPT_CACHE`` (default ``~/.cache/duogpt``): converted models, built kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from duogpt.errors import UsageError
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DUOGPT_CACHE", Path.home() / ".cache" / "duogpt"))
+
+
+def check_writable(path: str | Path) -> Path:
+    """Refuse an output file whose directory does not exist (checked before any long work)."""
+    target = Path(path)
+    if not target.resolve().parent.is_dir():
+        raise UsageError(f"{str(target)!r}: its directory does not exist: create it first")
+    return target
+
+
+def check_out_dir(out: str | Path, force: bool = False) -> Path:
+    """Refuse an existing non-empty output directory (unless ``force``)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} exists and is not a directory: choose another path")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UsageError(
+            f"--out {str(out)!r} exists and is not empty: choose a new directory, or pass --force to replace it"
+        )
+    return out
+
+
+def _usual_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, make_parents: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on failure it goes.
+
+    The file gets the usual mode (``mkstemp`` would leave 0600).
+    """
+    target = Path(path)
+    if make_parents:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        check_writable(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.resolve().parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, _usual_mode())
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str, make_parents: bool = False) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path, make_parents) as tmp:
+        tmp.write_text(text)
+
+
+def write_dir(out: str | Path, fill: Callable[[Path], None]) -> Path:
+    """Let ``fill(tmp)`` write a temporary sibling of ``out``, then rename it into place.
+
+    An existing ``out`` (the caller has checked it may go) is moved aside first and put back
+    if the rename fails; a failure leaves no temporary directory behind.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    old = None
+    try:
+        fill(tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            out.rename(old / "previous")
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and (old / "previous").exists() and not out.exists():
+            (old / "previous").rename(out)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return out

@@ -1,0 +1,145 @@
+"""Block-by-block calibration: carry the calibration streams through the model and prune.
+
+The streams a prune carries and the statistics it collects come from its method's entry
+in ``duogpt.pruning.methods``. Every method's thresholds are calibrated on the ``comp``
+stream as the pipeline reaches each group, so they are the final model's thresholds.
+Within a block, groups are pruned in order q/k/v -> o -> gate/up -> down; each group's
+inputs come from a block run that already uses the pruned earlier groups. Only one
+block's activations are held at a time.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from duogpt.config import PruneConfig
+from duogpt.errors import UsageError
+from duogpt.logs import log
+from duogpt.models import GROUPS, Block, find_blocks
+from duogpt.pruning import solvers, sparsify
+from duogpt.pruning.methods import Method, method_for
+from duogpt.pruning.result import LinearReport, PruneResult
+from duogpt.pruning.resume import WorkDir, fingerprint
+from duogpt.pruning.statistics import DenseRun, capture_inputs, collect, dense_run, group_inputs, run_block
+
+
+def stream_names(cfg: PruneConfig) -> list[str]:
+    """The calibration streams a prune with ``cfg`` carries between blocks."""
+    return method_for(cfg.method, cfg.hessian).streams(cfg.act_sparsity)
+
+
+@torch.no_grad()
+def prune_model(
+    model: nn.Module,
+    samples: torch.Tensor,
+    cfg: PruneConfig,
+    progress: bool = True,
+    work_dir: str | Path | None = None,
+) -> PruneResult:
+    """Prune ``model`` in place to dual sparsity; returns thresholds and per-linear reports.
+
+    With ``work_dir`` the state after every block is saved there, and a prune that finds a
+    state from the same run continues after its last finished block (bit-identical result).
+    """
+    cfg.validate()
+    start = time.perf_counter()
+    _, blocks = find_blocks(model)
+    device = next(model.parameters()).device
+    work = None if work_dir is None else WorkDir(work_dir, fingerprint(model, samples, asdict(cfg)))
+    hidden, kwargs = capture_inputs(model, list(samples.to(device).split(cfg.batch_size)))
+    streams = {name: list(hidden) for name in stream_names(cfg)}
+    result = PruneResult(cfg, thresholds={})
+    sparsifiers = sparsify.install(model, {}, cfg.sparsify_prefill)
+    first = 0
+    saved = work.load() if work is not None else None
+    if saved is not None:
+        first = work.restore(blocks, saved, streams, result, device)
+        sparsifiers = sparsify.install(model, result.thresholds, cfg.sparsify_prefill)
+        start -= saved["seconds"]
+        log.info("resuming from block %d of %d (state in %s)", first, len(blocks), work.path)
+    bar = tqdm(blocks, desc=f"{cfg.method} {cfg.weight_sparsity:.0%}/{cfg.act_sparsity:.0%}", disable=not progress)
+    for block in bar:
+        if block.index < first:
+            continue
+        _prune_block(model, block, streams, kwargs[block.index], cfg, result)
+        for sp in sparsifiers.values():
+            sp.forget()
+        if work is not None:
+            work.save(block, streams, result, time.perf_counter() - start)
+    sparsify.reset_counters(model)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _prune_block(model, block: Block, streams: dict, kw: list[dict], cfg: PruneConfig, result: PruneResult) -> None:
+    """Calibrate and prune one block group by group, then move every stream past it."""
+    method = method_for(cfg.method, cfg.hessian)
+    dense = None
+    if "dense" in streams:
+        dense = dense_run(block, streams["dense"], kw)
+        streams["dense"] = dense.outputs
+    for group in GROUPS:
+        xs = _calibrate_threshold(model, block, group, streams, kw, cfg, result) if "comp" in streams else None
+        fit = xs
+        if "calib" in streams:
+            with sparsify.disabled(model):
+                fit = group_inputs(block, group, streams["calib"], kw)
+        _solve_group(block, group, method, cfg, fit, dense, result)
+        del xs, fit
+    del dense
+    if "comp" in streams:
+        streams["comp"] = run_block(block.module, streams["comp"], kw)
+    if "calib" in streams:
+        with sparsify.disabled(model):
+            streams["calib"] = run_block(block.module, streams["calib"], kw)
+
+
+def _calibrate_threshold(model, block, group, streams, kw, cfg, result) -> list[torch.Tensor]:
+    """Set the group's threshold on the compressed stream; returns its sparsified inputs."""
+    name = f"layers.{block.index}.{group}"
+    raw = group_inputs(block, group, streams["comp"], kw)
+    tau = sparsify.calibrate_threshold(raw, cfg.act_sparsity, cfg.seed)
+    result.thresholds[name] = tau
+    sparsify.install(model, {name: tau}, cfg.sparsify_prefill)
+    xs = [sparsify.sparsify(x, tau) for x in raw]
+    del raw
+    zeros = sum(int((x == 0).sum()) for x in xs)
+    result.calib_act_sparsity[name] = zeros / sum(x.numel() for x in xs)
+    return xs
+
+
+def _solve_group(block, group, method: Method, cfg, inputs, dense: DenseRun | None, result: PruneResult) -> None:
+    """Solve every linear of one group from its calibration statistics."""
+    stats = collect(method.statistics, inputs, dense, group)
+    pattern = solvers.parse_pattern(cfg.pattern)
+    parent = GROUPS[group][0]
+    for lname, linear in block.groups[group].items():
+        t0 = time.perf_counter()
+        W = linear.weight.data
+        full = f"layers.{block.index}.{parent}.{lname}"
+        if not torch.isfinite(W).all():
+            raise UsageError(f"{full}: the weights contain NaN/Inf: the model file is damaged or overflowed")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", solvers.DampeningWarning)
+            try:
+                new = method.solve(W, stats, cfg, pattern)
+            except solvers.IllConditioned as err:
+                raise UsageError(
+                    f"{full}: {err}: check the model's weights, or give more calibration tokens (--nsamples)"
+                ) from None
+        for w in caught:
+            log.warning("%s: %s", full, w.message)
+        if not torch.isfinite(new).all():
+            raise UsageError(f"{full}: the solver produced NaN/Inf; raise --percdamp or check the model weights")
+        err = method.error(W, new, stats, lname) if method.error else None
+        linear.weight.data = new.to(W.dtype)
+        sparsity = float((linear.weight.data == 0).float().mean())
+        result.linears.append(LinearReport(full, sparsity, err, time.perf_counter() - t0))
+        log.info("%-28s sparsity %.3f  rel. error %s", full, sparsity, "n/a" if err is None else f"{err:.4f}")

@@ -1,0 +1,88 @@
+"""Memory and disk a prune will need, estimated before it starts, and checked against the machine.
+
+Memory: the model, the calibration streams the method carries between blocks, one block's
+group inputs (the dense stream keeps all four groups', the compressed stream one group's,
+raw and sparsified), the float64 statistics of the widest group (H, G, Xs Xd^T) and the solver's
+copies of the largest weight, plus a fixed allowance for the runtime. Disk: the checkpoint
+(weights, packed sparse weights) and the resumable work directory (streams, block weights).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from duogpt.errors import UsageError
+from duogpt.models import find_blocks
+
+RUNTIME_ALLOWANCE = 700 * 2**20  # Python, torch, transformers, tokenizer
+
+
+@dataclass
+class Estimate:
+    memory: int
+    disk: int
+    streams: int
+
+    def to_json(self) -> dict:
+        return {"estimated_memory_mb": self.memory / 2**20, "estimated_disk_mb": self.disk / 2**20}
+
+
+def estimate(model, nsamples: int, seqlen: int, n_streams: int, with_work_dir: bool) -> Estimate:
+    _, blocks = find_blocks(model)
+    value_bytes = next(model.parameters()).element_size()
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    hidden = model.config.hidden_size
+    tokens = nsamples * seqlen
+    stream_bytes = n_streams * tokens * hidden * value_bytes
+    widths = [next(iter(g.values())).in_features for g in blocks[0].groups.values()]
+    biggest = max(lin.weight.numel() for lin in blocks[0].linears().values())
+    group_inputs = tokens * 4 * (sum(widths) + 2 * max(widths))  # float32 copies
+    stats = 3 * 8 * max(widths) ** 2
+    solver = 4 * 8 * biggest
+    memory = model_bytes + stream_bytes + group_inputs + stats + solver + RUNTIME_ALLOWANCE
+    linear_bytes = sum(lin.weight.numel() for b in blocks for lin in b.linears().values()) * value_bytes
+    disk = model_bytes + int(linear_bytes * 1.2) + 50 * 2**20  # + packed copy and tokenizer
+    if with_work_dir:
+        disk += stream_bytes + linear_bytes
+    return Estimate(memory, disk, stream_bytes)
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo (bytes), or None where there is no such file."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def available_disk(path: str | Path) -> int:
+    path = Path(path).resolve()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def check(est: Estimate, out: str | Path | None) -> None:
+    """Refuse, with advice, a prune that will not fit in memory or on disk."""
+    if os.environ.get("DUOGPT_SKIP_RESOURCE_CHECK"):
+        return
+    gb = 2**30
+    free = available_memory()
+    if free is not None and est.memory > free:
+        raise UsageError(
+            f"this prune needs about {est.memory / gb:.1f} GB of memory and {free / gb:.1f} GB is available "
+            f"(the calibration streams take {est.streams / gb:.1f} GB): use fewer --nsamples or a shorter --seqlen"
+        )
+    if out is not None:
+        room = available_disk(Path(out).parent)
+        if est.disk > room:
+            raise UsageError(
+                f"this prune will write about {est.disk / gb:.1f} GB and {room / gb:.1f} GB is free under "
+                f"{Path(out).parent}: free some space or choose another --out"
+            )

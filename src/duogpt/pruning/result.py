@@ -1,0 +1,35 @@
+"""What a prune reports: per-linear sparsity and error, thresholds, time (written to duogpt.json)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from duogpt.config import PruneConfig
+
+
+@dataclass
+class LinearReport:
+    name: str
+    weight_sparsity: float
+    rel_error: float | None
+    seconds: float
+
+
+@dataclass
+class PruneResult:
+    config: PruneConfig
+    thresholds: dict[str, float]
+    linears: list[LinearReport] = field(default_factory=list)
+    calib_act_sparsity: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    resources: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "config": asdict(self.config),
+            "thresholds": self.thresholds,
+            "calib_act_sparsity": self.calib_act_sparsity,
+            "linears": [asdict(r) for r in self.linears],
+            "prune_seconds": self.seconds,
+            "resources": self.resources,
+        }

@@ -1,0 +1,146 @@
+"""Run-time activation sparsity: magnitude thresholds on the inputs of each linear group.
+
+A sparsifier zeroes the entries of its input with ``|x| <= threshold``; one threshold
+per input (q/k/v share theirs, as do gate/up). Thresholds are calibrated so that a
+fraction ``p_x`` of calibration entries is zeroed (as in TEAL). Sparsifiers run as
+forward pre-hooks on the consuming linears, so checkpoints stay plain ``transformers``
+models; ``duogpt.json`` carries the thresholds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from duogpt import checks
+from duogpt.errors import UsageError
+from duogpt.models import GROUPS, find_blocks
+
+_MAX_QUANTILE_SAMPLES = 1 << 22
+
+
+def calibrate_threshold(chunks: Iterable[torch.Tensor], p: float, seed: int = 0) -> float:
+    """Threshold tau with a fraction ``p`` of the entries satisfying ``|x| <= tau``.
+
+    Exact (k-th smallest |x|) up to 2^22 entries; above that, on a seeded uniform sample.
+    """
+    checks.fraction("activation sparsity", p)
+    if p == 0:
+        return 0.0
+    values = torch.cat([c.detach().reshape(-1).abs().float().cpu() for c in chunks])
+    if values.numel() > _MAX_QUANTILE_SAMPLES:
+        gen = torch.Generator().manual_seed(seed)
+        values = values[torch.randint(0, values.numel(), (_MAX_QUANTILE_SAMPLES,), generator=gen)]
+    k = max(1, round(p * values.numel()))
+    return float(torch.kthvalue(values, k).values)
+
+
+def sparsify(x: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Zero entries with ``|x| <= threshold`` (reference semantics of the sparsifier)."""
+    return x.masked_fill(x.abs() <= threshold, 0) if threshold > 0 else x
+
+
+class ActivationSparsifier:
+    """One input's sparsifier with counters of how many entries it saw and zeroed."""
+
+    def __init__(self, name: str, threshold: float, sparsify_prefill: bool = True):
+        self.name = name
+        self.threshold = threshold
+        self.sparsify_prefill = sparsify_prefill
+        self.enabled = True
+        self.zeros = 0
+        self.total = 0
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.handles: list = []
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._last is not None and self._last[0] is x:  # q/k/v (gate/up) share one input
+            return self._last[1]
+        if not self.enabled or (not self.sparsify_prefill and x.dim() == 3 and x.shape[1] > 1):
+            out = x
+        else:
+            out = sparsify(x, self.threshold)
+            self.zeros += int((out == 0).sum())
+            self.total += out.numel()
+        self._last = (x, out)
+        return out
+
+    def forget(self) -> None:
+        """Drop the cached last input (frees its memory)."""
+        self._last = None
+
+    @property
+    def measured(self) -> float | None:
+        return self.zeros / self.total if self.total else None
+
+
+def install(model: nn.Module, thresholds: dict[str, float], sparsify_prefill: bool = True) -> dict:
+    """Install sparsifiers named 'layers.{i}.{group}' with the given thresholds.
+
+    Returns the model's sparsifier registry (also at ``model.duogpt_sparsifiers``).
+    """
+    registry = getattr(model, "duogpt_sparsifiers", None)
+    if registry is None:
+        registry = {}
+        model.duogpt_sparsifiers = registry
+    _, blocks = find_blocks(model)
+    by_name = {f"layers.{b.index}.{g}": (b, g) for b in blocks for g in GROUPS}
+    for name, tau in thresholds.items():
+        if name not in by_name:
+            raise UsageError(
+                f"threshold for {name!r} does not match the model (blocks layers.0..{len(blocks) - 1}): "
+                "the thresholds belong to another model; re-run duogpt prune on this one"
+            )
+        block, group = by_name[name]
+        if name in registry:
+            registry[name].threshold = float(tau)
+            continue
+        sp = ActivationSparsifier(name, float(tau), sparsify_prefill)
+        registry[name] = sp
+        for linear in block.groups[group].values():
+            sp.handles.append(linear.register_forward_pre_hook(lambda _mod, args, sp=sp: (sp(args[0]), *args[1:])))
+    return registry
+
+
+def uninstall(model: nn.Module) -> None:
+    """Remove every sparsifier from ``model`` (activations dense again)."""
+    for sp in registry(model).values():
+        for handle in sp.handles:
+            handle.remove()
+    model.duogpt_sparsifiers = {}
+
+
+def registry(model: nn.Module) -> dict[str, ActivationSparsifier]:
+    return getattr(model, "duogpt_sparsifiers", None) or {}
+
+
+@contextlib.contextmanager
+def disabled(model: nn.Module):
+    """Run the model with its sparsifiers switched off."""
+    sps = registry(model).values()
+    before = [sp.enabled for sp in sps]
+    for sp in sps:
+        sp.enabled = False
+    try:
+        yield
+    finally:
+        for sp, state in zip(sps, before, strict=True):
+            sp.enabled = state
+            sp.forget()
+
+
+def reset_counters(model: nn.Module) -> None:
+    for sp in registry(model).values():
+        sp.zeros = sp.total = 0
+        sp.forget()
+
+
+def measured_sparsity(model: nn.Module) -> tuple[float | None, dict[str, float | None]]:
+    """(overall, per sparsifier) fraction of zero inputs seen since the last reset."""
+    sps = registry(model)
+    zeros = sum(sp.zeros for sp in sps.values())
+    total = sum(sp.total for sp in sps.values())
+    return (zeros / total if total else None), {name: sp.measured for name, sp in sps.items()}

@@ -1,0 +1,175 @@
+"""Statistics collection: what runs the model to see a block's inputs, and what it accumulates.
+
+Inputs of a linear group are ``(tokens, k)`` matrices per chunk (the rows are tokens); the
+statistics are sums over chunks in float64:
+
+- ``H = X X^T`` of the inputs the weights are fit to (for DuoGPT the sparsified ``Xs``),
+- ``cross = Xs Xd^T`` and ``G = (Xd - Xs) Xs^T = cross^T - H`` (DuoGPT's correction),
+- ``dense_H = Xd Xd^T`` (the dense-Hessian ablation), ``norms2_j = ||X_j||^2`` (Wanda),
+- ``out_norm2[linear] = ||W Xd||^2`` over all tokens (the scale of the dense target).
+
+The solves that use them are pure functions (``duogpt.pruning.solvers``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from duogpt.models import GROUPS, Block, find_blocks
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass early."""
+
+
+class _Recorder(nn.Module):
+    """Stands in for a decoder layer: records its input and keyword arguments."""
+
+    def __init__(self, slot: list, last: bool):
+        super().__init__()
+        self.slot, self.last = slot, last
+
+    def forward(self, hidden_states, *args, **kwargs):
+        self.slot.append((hidden_states, kwargs))
+        if self.last:
+            raise _Stop
+        return hidden_states
+
+
+@torch.no_grad()
+def capture_inputs(model: nn.Module, chunks: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[list[dict]]]:
+    """Hidden states entering the first block, and every block's call arguments, per chunk."""
+    layers, _ = find_blocks(model)
+    originals = list(layers)
+    slots: list[list] = [[] for _ in originals]
+    for i in range(len(layers)):
+        layers[i] = _Recorder(slots[i], last=i == len(layers) - 1)
+    try:
+        for ids in chunks:
+            try:
+                model(input_ids=ids, use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        for i, layer in enumerate(originals):
+            layers[i] = layer
+    hidden = [h for h, _ in slots[0]]
+    kwargs = [[kw for _, kw in slot] for slot in slots]
+    return hidden, kwargs
+
+
+def run_block(layer: nn.Module, hidden: list[torch.Tensor], kwargs: list[dict]) -> list[torch.Tensor]:
+    """The block's outputs, chunk by chunk."""
+    return [layer(h, **kw) for h, kw in zip(hidden, kwargs, strict=True)]
+
+
+def _as_rows(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1]).float()
+
+
+def group_inputs(block: Block, group: str, hidden: list[torch.Tensor], kwargs: list[dict]) -> list[torch.Tensor]:
+    """Inputs of ``group`` (before its sparsifier) per chunk; the block runs only up to that group."""
+    first = next(iter(block.groups[group].values()))
+    seen: list[torch.Tensor] = []
+
+    def hook(_mod, args):
+        seen.append(_as_rows(args[0]))
+        raise _Stop
+
+    handle = first.register_forward_pre_hook(hook, prepend=True)
+    try:
+        for h, kw in zip(hidden, kwargs, strict=True):
+            try:
+                block.module(h, **kw)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return seen
+
+
+@dataclass
+class DenseRun:
+    """One full pass of a not yet pruned block: outputs, every group's inputs, ``||W Xd||^2`` per linear."""
+
+    outputs: list[torch.Tensor]
+    inputs: dict[str, list[torch.Tensor]]
+    out_norm2: dict[str, float]
+
+
+def dense_run(block: Block, hidden: list[torch.Tensor], kwargs: list[dict]) -> DenseRun:
+    """Run the (unpruned) block fully, recording what DuoGPT's dense target needs."""
+    run = DenseRun([], {g: [] for g in GROUPS}, {})
+    handles = []
+    for group, linears in block.groups.items():
+        first = next(iter(linears.values()))
+        handles.append(
+            first.register_forward_pre_hook(lambda _m, args, g=group: run.inputs[g].append(_as_rows(args[0])))
+        )
+        for lname, linear in linears.items():
+
+            def norm_hook(mod, _args, out, key=lname):
+                out = out if mod.bias is None else out - mod.bias
+                run.out_norm2[key] = run.out_norm2.get(key, 0.0) + float(out.double().pow(2).sum())
+
+            handles.append(linear.register_forward_hook(norm_hook))
+    try:
+        run.outputs = run_block(block.module, hidden, kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return run
+
+
+def gram(xs: list[torch.Tensor], ys: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """sum over chunks of X^T Y (tokens-major chunks), accumulated in float64."""
+    ys = xs if ys is None else ys
+    total = None
+    for x, y in zip(xs, ys, strict=True):
+        part = (x.T @ y).double()
+        total = part if total is None else total + part
+    return total
+
+
+@dataclass
+class Statistics:
+    """A group's calibration statistics (None where the method does not collect them)."""
+
+    H: torch.Tensor | None = None
+    cross: torch.Tensor | None = None
+    G: torch.Tensor | None = None
+    dense_H: torch.Tensor | None = None
+    norms2: torch.Tensor | None = None
+    out_norm2: dict[str, float] = field(default_factory=dict)
+
+
+def collect(needed: frozenset[str], inputs: list[torch.Tensor], dense: DenseRun | None, group: str) -> Statistics:
+    """The statistics named in ``needed`` from the fit inputs and (DuoGPT) the dense run."""
+    stats = Statistics(out_norm2=dense.out_norm2 if dense is not None else {})
+    if "H" in needed:
+        stats.H = gram(inputs)
+    if "cross" in needed:
+        stats.cross = gram(inputs, dense.inputs[group])  # Xs Xd^T
+        stats.G = stats.cross.T - stats.H  # (Xd - Xs) Xs^T
+    if "norms2" in needed:
+        stats.norms2 = sum((x.double() ** 2).sum(0) for x in inputs)
+    if "dense_H" in needed:
+        stats.dense_H = gram(dense.inputs[group])
+    return stats
+
+
+def output_error(W, What, H, cross=None, target_norm2=None) -> float:
+    """Relative output error from statistics (no pass over the data).
+
+    One stream: ||(What - W) X||^2 / ||W X||^2 with H = X X^T.
+    Two streams: ||What Xs - W Xd||^2 / ||W Xd||^2 with H = Xs Xs^T, cross = Xs Xd^T.
+    """
+    W, What = W.double(), What.double()
+    if cross is None:
+        D = What - W
+        return float(((D @ H) * D).sum() / ((W @ H) * W).sum().clamp_min(1e-30))
+    err = ((What @ H) * What).sum() - 2 * ((What @ cross) * W).sum() + target_norm2
+    return float(err.clamp_min(0) / max(target_norm2, 1e-30))

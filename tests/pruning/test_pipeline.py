@@ -1,0 +1,134 @@
+"""The block pipeline on tiny random models: every method, every supported family."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from conftest import tiny_llama_config, tiny_model
+from duogpt.config import PruneConfig
+from duogpt.errors import UsageError
+from duogpt.models import GROUPS, find_blocks
+from duogpt.pruning import sparsify
+from duogpt.pruning.pipeline import prune_model
+
+
+def run(model, samples, **settings):
+    cfg = PruneConfig(**{"nsamples": 8, "seqlen": 32, "batch_size": 4, "blocksize": 16, **settings})
+    return prune_model(model, samples, cfg, progress=False)
+
+
+@pytest.mark.parametrize("method", ["duogpt", "sparsegpt", "wanda", "magnitude"])
+def test_each_method_reaches_exact_sparsity_and_thresholds(method, samples):
+    model = tiny_model()
+    result = run(model, samples, method=method, weight_sparsity=0.5, act_sparsity=0.4)
+    _, blocks = find_blocks(model)
+    for block in blocks:
+        for linear in block.linears().values():
+            assert int((linear.weight == 0).sum()) == linear.weight.numel() // 2
+    assert set(result.thresholds) == {f"layers.{b}.{g}" for b in range(2) for g in GROUPS}
+    for name, measured in result.calib_act_sparsity.items():
+        assert abs(measured - 0.4) < 0.01, name
+    assert len(result.linears) == 14
+    if method in ("duogpt", "sparsegpt"):
+        assert all(r.rel_error is not None and r.rel_error >= 0 for r in result.linears)
+    # the thresholds reproduce the target on the calibration data of the final model
+    sparsify.reset_counters(model)
+    with torch.no_grad():
+        model(input_ids=samples)
+    overall, _ = sparsify.measured_sparsity(model)
+    assert abs(overall - 0.4) < 0.01
+
+
+def test_duogpt_without_activation_sparsity_and_alpha_zero_is_sparsegpt(samples):
+    a, b = tiny_model(), tiny_model()
+    run(a, samples, method="duogpt", act_sparsity=0.0, alpha=0.0)
+    run(b, samples, method="sparsegpt", act_sparsity=0.0)
+    for (na, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, msg=na)
+
+
+def test_duogpt_reconstructs_dense_output_better_than_sparsegpt(samples):
+    """Logit error against the dense model on the calibration data, both dual-sparse."""
+    dense = tiny_model()
+    with torch.no_grad():
+        target = dense(input_ids=samples).logits
+    errors = {}
+    for method in ("sparsegpt", "duogpt"):
+        model = tiny_model()
+        run(model, samples, method=method, weight_sparsity=0.5, act_sparsity=0.5, alpha=1.0, ridge=0.01)
+        with torch.no_grad():
+            errors[method] = float(((model(input_ids=samples).logits - target) ** 2).mean())
+    assert errors["duogpt"] < errors["sparsegpt"]
+
+
+def test_pruning_is_deterministic(samples):
+    a, b = tiny_model(), tiny_model()
+    ra = run(a, samples, method="duogpt")
+    rb = run(b, samples, method="duogpt")
+    assert ra.thresholds == rb.thresholds
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "4:8"])
+def test_nm_pattern_through_pipeline(pattern, samples):
+    model = tiny_model()
+    run(model, samples, method="duogpt", pattern=pattern)
+    n, m = map(int, pattern.split(":"))
+    for block in find_blocks(model)[1]:
+        for linear in block.linears().values():
+            W = linear.weight
+            assert ((W == 0).view(W.shape[0], -1, m).sum(-1) == n).all()
+
+
+def family_configs():
+    from transformers import GemmaConfig, MistralConfig, Qwen2Config, Qwen3Config
+
+    common = dict(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    return {
+        "mistral": MistralConfig(**common),
+        "qwen2": Qwen2Config(**common),
+        "qwen3": Qwen3Config(**common, head_dim=16),
+        "gemma": GemmaConfig(**common, head_dim=16),
+    }
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "gemma"])
+def test_supported_families(family, samples):
+    model = tiny_model(family_configs()[family])
+    result = run(model, samples, method="duogpt", weight_sparsity=0.5, act_sparsity=0.5)
+    assert len(result.thresholds) == 8
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=samples).logits).all()
+
+
+def test_unsupported_architecture_is_refused(samples):
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=256, n_embd=32, n_layer=1, n_head=2, n_positions=64))
+    with pytest.raises(UsageError, match="unsupported architecture GPT2LMHeadModel"):
+        run(gpt2, samples)
+
+
+def test_float64_model_is_supported(samples):
+    model = tiny_model(tiny_llama_config()).double()
+    run(model, samples, method="sparsegpt")
+    assert next(model.parameters()).dtype == torch.float64
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models_keep_their_dtype(dtype, samples):
+    model = tiny_model().to(dtype)
+    result = run(model, samples, method="duogpt")
+    assert next(model.parameters()).dtype == dtype
+    assert all(abs(r.weight_sparsity - 0.5) < 1e-6 for r in result.linears)
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=samples).logits.float()).all()

@@ -1,0 +1,83 @@
+"""The compiled CPU kernel, every instruction-set path and dtype, against dense and the reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from duogpt.runtime.format import pack, spmspv_reference
+from duogpt.runtime.kernels.cpu import ISA_FLAGS, CpuSpMSpV
+
+TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+
+
+def problem(n, k, pw, px, dtype, batch=1, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    W = torch.randn(n, k, generator=gen).to(dtype)
+    W[torch.rand(n, k, generator=gen) < pw] = 0
+    x = torch.randn(batch, k, generator=gen)
+    x[torch.rand(batch, k, generator=gen) < px] = 0
+    return W, x
+
+
+@pytest.mark.parametrize("isa", list(ISA_FLAGS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(576, 576), (130, 77), (1, 1), (1000, 33)])
+def test_kernel_matches_dense(isa, dtype, shape):
+    W, x = problem(*shape, 0.5, 0.5, dtype)
+    kernel = CpuSpMSpV(pack(W, tile_rows=128), isa=isa, threads=2)
+    expected = x @ W.float().T
+    torch.testing.assert_close(kernel(x[0]), expected[0], rtol=TOL[dtype], atol=TOL[dtype] * x.abs().sum())
+
+
+@pytest.mark.parametrize("tile_rows", [64, 192, 256, 1024])
+@pytest.mark.parametrize("pw", [0.0, 0.5, 0.95])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_tile_sizes_and_densities(tile_rows, pw, dtype):
+    """Register-blocked tiles (<= 256 rows, last one cut short), the L1 path beyond, full and sparse chunks."""
+    W, x = problem(700, 90, pw, 0.3, dtype, seed=1)
+    kernel = CpuSpMSpV(pack(W, tile_rows=tile_rows), threads=2)
+    torch.testing.assert_close(kernel(x[0]), spmspv_reference(kernel.sp, x[0]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("isa", list(ISA_FLAGS))
+@pytest.mark.parametrize("px", [0.0, 1.0])
+def test_all_active_and_all_zero_inputs(isa, px):
+    W, x = problem(256, 100, 0.3, px, torch.float32)
+    kernel = CpuSpMSpV(pack(W, tile_rows=64), isa=isa)
+    out = kernel(x[0])
+    if px == 1.0:
+        assert torch.equal(out, torch.zeros(256))
+    torch.testing.assert_close(out, W @ x[0], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("isa", list(ISA_FLAGS))
+@pytest.mark.parametrize("batch", [2, 5, 16])
+def test_small_batches(isa, batch):
+    W, x = problem(300, 64, 0.5, 0.5, torch.bfloat16, batch=batch)
+    kernel = CpuSpMSpV(pack(W, tile_rows=128), isa=isa)
+    torch.testing.assert_close(kernel(x), x @ W.float().T, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(kernel(x), spmspv_reference(kernel.sp, x), rtol=1e-4, atol=1e-4)
+
+
+def test_dense_weights_fall_back_exactly():
+    W, x = problem(200, 50, 0.0, 0.0, torch.float32)
+    torch.testing.assert_close(CpuSpMSpV(pack(W))(x[0]), W @ x[0], rtol=1e-5, atol=1e-4)
+
+
+def test_batch_over_limit_is_refused():
+    from duogpt.errors import UsageError
+
+    W, x = problem(64, 8, 0.5, 0.5, torch.float32, batch=17)
+    with pytest.raises(UsageError, match="1..16"):
+        CpuSpMSpV(pack(W))(x)
+
+
+def test_missing_compiler_is_a_clear_error(monkeypatch):
+    from duogpt.errors import UsageError
+    from duogpt.runtime.kernels import cpu
+
+    monkeypatch.setenv("CC", "")
+    monkeypatch.setattr(cpu.shutil, "which", lambda name: None)
+    with pytest.raises(UsageError, match="no C compiler found"):
+        cpu._compiler()
