@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from duogpt import checks
+from duogpt.corpus import DEFAULT_SOURCE, SOURCES
 from duogpt.errors import UsageError
 from duogpt.pruning.methods import HESSIANS, METHODS, method_for
 from duogpt.pruning.solvers import CORRECTIONS, parse_pattern
@@ -21,10 +22,11 @@ from duogpt.pruning.solvers import CORRECTIONS, parse_pattern
 def setting(default, help: str, check, *, choices=(), metavar=None, negation_aliases=()):
     """A config field with what the command line and validation need to know about it.
 
+    ``choices`` is kept as given (the method table itself, so a new entry is a new choice);
     ``negation_aliases`` (booleans) are further flags that set the field to False, e.g. the
     older ``--dense-prefill`` for ``sparsify_prefill``.
     """
-    meta = dict(help=help, check=check, choices=tuple(choices), metavar=metavar, negation_aliases=negation_aliases)
+    meta = dict(help=help, check=check, choices=choices, metavar=metavar, negation_aliases=negation_aliases)
     return field(default=default, metadata=meta)
 
 
@@ -54,7 +56,7 @@ class PruneConfig:
         choices=HESSIANS,
     )
     calib: str = setting(
-        "brown", "calibration text: brown, wikitext2, c4, or a .txt/.jsonl file", checks.text, metavar="SOURCE"
+        DEFAULT_SOURCE, f"calibration text: {SOURCES}", checks.text, metavar="SOURCE"
     )
     nsamples: int = setting(32, "calibration sequences", checks.positive_int, metavar="N")
     seqlen: int = setting(512, "tokens per calibration sequence", checks.positive_int, metavar="N")

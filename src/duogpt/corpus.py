@@ -23,6 +23,7 @@ from duogpt import checks
 from duogpt.errors import UsageError
 
 DEFAULT_SOURCE = "brown"
+SOURCES = "brown, wikitext2, c4, or a .txt/.jsonl file"  # how help texts name the choices
 SPLITS = ("calib", "eval")
 _HUB_SPLITS = {"wikitext2": {"calib": "train", "eval": "test"}, "c4": {"calib": "train", "eval": "validation"}}
 _C4_FILES = {

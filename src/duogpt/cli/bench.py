@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from duogpt.cli import options
-from duogpt.files import check_writable, write_text
+from duogpt.files import write_text
 from duogpt.runtime import bench
 
 
@@ -28,9 +28,7 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    for path in (args.json, args.markdown):
-        if path:
-            check_writable(path)
+    options.check_outputs(args.json, args.markdown)
     if args.kind == "gemv":
         shapes = bench.DEFAULT_MODEL_SHAPES if args.quick else None
         result = bench.gemv(shapes=shapes, repeats=10 if args.quick else args.repeats)

@@ -11,7 +11,7 @@ from duogpt.cli import options
 from duogpt.evaluation.lm_eval_bridge import run_lm_eval
 from duogpt.evaluation.perplexity import perplexity
 from duogpt.evaluation.tasks import TASKS, run_builtin_tasks
-from duogpt.files import check_writable, write_text
+from duogpt.files import write_text
 from duogpt.pruning import sparsify
 
 
@@ -51,8 +51,7 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    if args.json:
-        check_writable(args.json)
+    options.check_outputs(args.json)
     text = corpus.load_text(args.text, "eval")
     model, tokenizer, meta = load_any(args.model, device=args.device)
     if args.no_act_sparsity or args.act_sparsity is not None:

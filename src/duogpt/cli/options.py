@@ -6,8 +6,8 @@ import argparse
 
 from duogpt import checks
 from duogpt.config import PruneConfig, fields
-
-SOURCES = "brown, wikitext2, c4, or a .txt/.jsonl file"
+from duogpt.corpus import DEFAULT_SOURCE, SOURCES
+from duogpt.files import check_writable
 
 
 def model(p: argparse.ArgumentParser, what: str = "hub id or local checkpoint", metavar: str = "MODEL") -> None:
@@ -23,11 +23,18 @@ def device(p: argparse.ArgumentParser) -> None:
 
 
 def text_source(p: argparse.ArgumentParser, flag: str, what: str) -> None:
-    p.add_argument(flag, default="brown", metavar="SOURCE", help=f"{what}: {SOURCES} (default: %(default)s)")
+    p.add_argument(flag, default=DEFAULT_SOURCE, metavar="SOURCE", help=f"{what}: {SOURCES} (default: %(default)s)")
 
 
 def output_file(p: argparse.ArgumentParser, flag: str, what: str) -> None:
     p.add_argument(flag, metavar="PATH", help=what)
+
+
+def check_outputs(*paths: str | None) -> None:
+    """Refuse, before any work, output files (those given) whose directory does not exist."""
+    for path in paths:
+        if path:
+            check_writable(path)
 
 
 def positive(p: argparse.ArgumentParser, flag: str, what: str, default=None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from duogpt import report
 from duogpt.cli import options
-from duogpt.files import check_writable, write_text
+from duogpt.files import write_text
 
 
 def add(sub) -> None:
@@ -20,9 +20,7 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    for path in (args.markdown, args.csv):
-        if path:
-            check_writable(path)
+    options.check_outputs(args.markdown, args.csv)
     rows = report.table_rows(report.load_results(args.results))
     text = report.markdown(report.COLUMNS, rows)
     print(text, end="")

@@ -13,6 +13,7 @@ The results keep the family's config format, so ``save_model`` writes checkpoint
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -168,6 +169,67 @@ def _biased_linears(layer: nn.Module, config, flags: list[str]) -> set[str] | No
     return {name for name, m in probe.named_modules() if isinstance(m, nn.Linear) and m.bias is not None}
 
 
+_OUT_PROJ = {"mlp": "down_proj", "self_attn": "o_proj"}
+_BIAS_FLAG = {"mlp": "mlp_bias", "self_attn": "attention_bias"}
+
+
+@dataclass(frozen=True)
+class _Widths:
+    keep_mlp: int
+    keep_kv: int
+    group: int  # query heads per KV group
+    head_dim: int
+
+
+def _compensation(config, layer: nn.Module, todo: dict, compensate: bool) -> tuple[dict, list[str], set[str]]:
+    """Which parts get a bias compensation (their config must express an output bias).
+
+    Sets the config's bias flags for those parts. Returns (compensated per part, notes,
+    linears that the flags give a bias).
+    """
+    notes: list[str] = []
+    compensated = dict.fromkeys(todo, False)
+    for part in (p for p in todo if todo[p] and compensate):
+        flags = [_BIAS_FLAG[part]] if hasattr(config, _BIAS_FLAG[part]) else []
+        compensated[part] = f"{part}.{_OUT_PROJ[part]}" in (_biased_linears(layer, config, flags) or ())
+        if compensated[part]:
+            for flag in flags:
+                setattr(config, flag, True)
+        else:
+            notes.append(f"{type(config).__name__} cannot express a {part}.{_OUT_PROJ[part]} bias: not compensated")
+    biased = (_biased_linears(layer, config, []) or set()) if any(compensated.values()) else set()
+    return compensated, notes, biased
+
+
+def _shrink_block(b, w: _Widths, stats: dict, compensated: dict, biased: set[str]) -> None:
+    """Remove one block's least important MLP channels and KV groups (FLAP), with bias compensation."""
+    mlp, attn = b.module.mlp, b.module.self_attn
+    if stats["mlp"] is not None:
+        kept, delta = _select(stats["mlp"], mlp.down_proj, 1, w.keep_mlp)
+        _shrink(mlp.gate_proj, rows=kept)
+        _shrink(mlp.up_proj, rows=kept)
+        _shrink(mlp.down_proj, cols=kept)
+        if compensated["mlp"]:
+            _add_bias(mlp.down_proj, delta)
+    if stats["self_attn"] is not None:
+        unit = w.group * w.head_dim
+        kept, delta = _select(stats["self_attn"], attn.o_proj, unit, w.keep_kv)
+        _shrink(attn.q_proj, rows=_channels(kept, unit))
+        _shrink(attn.k_proj, rows=_channels(kept, w.head_dim))
+        _shrink(attn.v_proj, rows=_channels(kept, w.head_dim))
+        _shrink(attn.o_proj, cols=_channels(kept, unit))
+        if compensated["self_attn"]:
+            _add_bias(attn.o_proj, delta)
+    for name, lin in b.linears().items():
+        if name in biased and lin.bias is None:
+            _add_bias(lin)  # the bias flag gives these linears a (zero) bias too
+    # sizes some classes cache (LlamaAttention caches only num_key_value_groups, which is unchanged)
+    cached = ((mlp, "intermediate_size", w.keep_mlp), (attn, "num_heads", w.keep_kv * w.group))
+    for module, attr, value in (*cached, (attn, "num_key_value_heads", w.keep_kv)):
+        if hasattr(module, attr):
+            setattr(module, attr, value)
+
+
 def prune_width(
     model: nn.Module,
     samples: torch.Tensor,
@@ -197,53 +259,17 @@ def prune_width(
             )
 
     todo = {"mlp": keep_mlp < size, "self_attn": keep_kv < n_kv}
-    out_proj = {"mlp": "down_proj", "self_attn": "o_proj"}
     stats = {(b.index, part): _Moments() for b in blocks for part in todo if todo[part]}
     handles = [
-        getattr(getattr(blocks[i].module, part), out_proj[part]).register_forward_pre_hook(hook)
+        getattr(getattr(blocks[i].module, part), _OUT_PROJ[part]).register_forward_pre_hook(hook)
         for (i, part), hook in stats.items()
     ]
     _calibrate(model, samples, batch_size, handles)
 
-    # compensation needs an output bias that the family's config can express
-    notes: list[str] = []
-    flag_of = {"mlp": "mlp_bias", "self_attn": "attention_bias"}
-    compensated = dict.fromkeys(todo, False)
-    for part in (p for p in todo if todo[p] and compensate):
-        flags = [flag_of[part]] if hasattr(config, flag_of[part]) else []
-        compensated[part] = f"{part}.{out_proj[part]}" in (_biased_linears(blocks[0].module, config, flags) or ())
-        if compensated[part]:
-            for flag in flags:
-                setattr(config, flag, True)
-        else:
-            notes.append(f"{type(config).__name__} cannot express a {part}.{out_proj[part]} bias: not compensated")
-    biased = (_biased_linears(blocks[0].module, config, []) or set()) if any(compensated.values()) else set()
-
+    compensated, notes, biased = _compensation(config, blocks[0].module, todo, compensate)
+    shapes = _Widths(keep_mlp, keep_kv, group, head_dim)
     for b in blocks:
-        mlp, attn = b.module.mlp, b.module.self_attn
-        if todo["mlp"]:
-            kept, delta = _select(stats[b.index, "mlp"], mlp.down_proj, 1, keep_mlp)
-            _shrink(mlp.gate_proj, rows=kept)
-            _shrink(mlp.up_proj, rows=kept)
-            _shrink(mlp.down_proj, cols=kept)
-            if compensated["mlp"]:
-                _add_bias(mlp.down_proj, delta)
-        if todo["self_attn"]:
-            kept, delta = _select(stats[b.index, "self_attn"], attn.o_proj, group * head_dim, keep_kv)
-            _shrink(attn.q_proj, rows=_channels(kept, group * head_dim))
-            _shrink(attn.k_proj, rows=_channels(kept, head_dim))
-            _shrink(attn.v_proj, rows=_channels(kept, head_dim))
-            _shrink(attn.o_proj, cols=_channels(kept, group * head_dim))
-            if compensated["self_attn"]:
-                _add_bias(attn.o_proj, delta)
-        for name, lin in b.linears().items():
-            if name in biased and lin.bias is None:
-                _add_bias(lin)  # the bias flag gives these linears a (zero) bias too
-        # sizes some classes cache (LlamaAttention caches only num_key_value_groups, which is unchanged)
-        cached = ((mlp, "intermediate_size", keep_mlp), (attn, "num_heads", keep_kv * group))
-        for module, attr, value in (*cached, (attn, "num_key_value_heads", keep_kv)):
-            if hasattr(module, attr):
-                setattr(module, attr, value)
+        _shrink_block(b, shapes, {part: stats.get((b.index, part)) for part in todo}, compensated, biased)
     config.intermediate_size = keep_mlp
     if todo["self_attn"]:
         config.num_attention_heads, config.num_key_value_heads, config.head_dim = keep_kv * group, keep_kv, head_dim
