@@ -150,3 +150,15 @@ def test_eval_bad_json_destination(tiny_checkpoint, text_file, tmp_path, capsys)
     args = ["eval", str(tiny_checkpoint), "--text", str(text_file), "--json", str(tmp_path / "no" / "r.json")]
     assert main(args) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_inspect_prints_and_writes_json_and_refuses_other_layouts(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "info.json"
+    assert main(["inspect", str(tiny_checkpoint), "--nsamples", "64", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "sparsifier qkv" in text and "prune estimate" in text
+    info = json.loads(out.read_text())
+    assert info["prune"]["nsamples"] == 64 and info["blocks"] == 2
+    assert main(["inspect", str(unsupported_checkpoint(tmp_path))]) == 2
+    err = capsys.readouterr().err
+    assert "unsupported architecture GPT2LMHeadModel" in err and err.count("\n") == 1

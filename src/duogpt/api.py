@@ -47,12 +47,14 @@ def prune(
             shutil.rmtree(work, ignore_errors=True)
     text = corpus.load_text(cfg.calib, "calib")
     lm, tokenizer = load_model(model, device=device)
-    samples = corpus.calibration_samples(corpus.tokenize(tokenizer, text), cfg.nsamples, cfg.seqlen, cfg.seed)
+    bos = corpus.bos_token(tokenizer, cfg.bos)
+    samples = corpus.calibration_samples(corpus.tokenize(tokenizer, text), cfg.nsamples, cfg.seqlen, cfg.seed, bos)
     need = preflight.estimate(lm, cfg.nsamples, cfg.seqlen, len(stream_names(cfg)), with_work_dir=out is not None)
     preflight.check(need, out)
     torch.manual_seed(cfg.seed)
     result = prune_model(lm, samples, cfg, progress=progress, work_dir=work)
     result.resources = {**need.to_json(), "peak_rss_mb": peak_rss_mb()}
+    result.bos_token_id = bos
     lm.duogpt_report = result
     if out is not None:
         checkpoint.save(lm, tokenizer, result, out, base_model=model or resolve_model_path(None), force=force)

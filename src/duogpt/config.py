@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from duogpt import checks
-from duogpt.corpus import DEFAULT_SOURCE, SOURCES
+from duogpt.corpus import BOS_MODES, DEFAULT_SOURCE, SOURCES
 from duogpt.errors import UsageError
 from duogpt.pruning.methods import HESSIANS, METHODS, method_for
 from duogpt.pruning.solvers import CORRECTIONS, parse_pattern
@@ -55,8 +55,13 @@ class PruneConfig:
         checks.one_of,
         choices=HESSIANS,
     )
-    calib: str = setting(
-        DEFAULT_SOURCE, f"calibration text: {SOURCES}", checks.text, metavar="SOURCE"
+    calib: str = setting(DEFAULT_SOURCE, f"calibration text: {SOURCES}", checks.text, metavar="SOURCE")
+    bos: str = setting(
+        "auto",
+        "BOS first in every calibration sample: auto (when the tokenizer adds one), always, "
+        "or never (the SparseGPT/Wanda-paper protocol)",
+        checks.one_of,
+        choices=BOS_MODES,
     )
     nsamples: int = setting(32, "calibration sequences", checks.positive_int, metavar="N")
     seqlen: int = setting(512, "tokens per calibration sequence", checks.positive_int, metavar="N")

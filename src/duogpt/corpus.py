@@ -24,6 +24,7 @@ from duogpt.errors import UsageError
 
 DEFAULT_SOURCE = "brown"
 SOURCES = "brown, wikitext2, c4, or a .txt/.jsonl file"  # how help texts name the choices
+BOS_MODES = ("auto", "always", "never")
 SPLITS = ("calib", "eval")
 _HUB_SPLITS = {"wikitext2": {"calib": "train", "eval": "test"}, "c4": {"calib": "train", "eval": "validation"}}
 _C4_FILES = {
@@ -95,23 +96,64 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def calibration_samples(tokens: torch.Tensor, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
-    """``nsamples`` random windows of ``seqlen`` tokens, shape (nsamples, seqlen)."""
+def bos_token(tokenizer, mode: str = "auto") -> int | None:
+    """The token every calibration sample and evaluation window starts with, or None.
+
+    ``auto``: the tokenizer's BOS id when the tokenizer itself adds it to a plain encode
+    (``tokenizer("x").input_ids`` starts with it; Llama-3, Gemma), else None; ``always``: its
+    BOS id (refused when it has none); ``never``: None, the SparseGPT/Wanda-paper protocol
+    (one tokenised text cut into windows, no BOS per window).
+    """
+    checks.one_of("bos", mode, BOS_MODES)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if mode == "never":
+        return None
+    if mode == "always":
+        if bos is None:
+            raise UsageError("--bos always: this tokenizer has no BOS token; use --bos auto or never")
+        return bos
+    ids = tokenizer("x")["input_ids"]
+    return bos if bos is not None and len(ids) > 0 and ids[0] == bos else None
+
+
+def _with_bos(rows: list[torch.Tensor], bos: int | None) -> torch.Tensor:
+    if bos is None:
+        return torch.stack(rows)
+    return torch.stack([torch.cat([torch.tensor([bos], dtype=torch.long), r]) for r in rows])
+
+
+def _text_positions(seqlen: int, bos: int | None, what: str) -> int:
+    """Text tokens per row: the BOS, when there is one, takes one of the ``seqlen`` positions."""
+    body = seqlen - (bos is not None)
+    if body < 1:
+        raise UsageError(f"{what} of {seqlen} token leaves no room for text after the BOS: use a larger --seqlen")
+    return body
+
+
+def calibration_samples(
+    tokens: torch.Tensor, nsamples: int, seqlen: int, seed: int, bos: int | None = None
+) -> torch.Tensor:
+    """``nsamples`` random windows of ``seqlen`` tokens (a BOS first when given), shape (nsamples, seqlen)."""
     checks.positive_int("nsamples", nsamples)
     checks.positive_int("seqlen", seqlen)
-    if tokens.numel() < seqlen:
+    body = _text_positions(seqlen, bos, "a calibration sample")
+    if tokens.numel() < body:
         raise UsageError(
             f"calibration text has {tokens.numel()} tokens, fewer than one sample of --seqlen {seqlen}: "
             "give more text or a smaller --seqlen"
         )
     generator = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, tokens.numel() - seqlen + 1, (nsamples,), generator=generator)
-    return torch.stack([tokens[s : s + seqlen] for s in starts.tolist()])
+    starts = torch.randint(0, tokens.numel() - body + 1, (nsamples,), generator=generator)
+    return _with_bos([tokens[s : s + body] for s in starts.tolist()], bos)
 
 
-def eval_windows(tokens: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
-    """Non-overlapping windows of ``seqlen`` tokens, evenly spread over the text when capped."""
-    total = tokens.numel() // seqlen
+def eval_windows(tokens: torch.Tensor, seqlen: int, max_windows: int | None = None, bos: int | None = None):
+    """Non-overlapping windows of ``seqlen`` tokens (a BOS first when given), evenly spread when capped.
+
+    With a BOS each window holds ``seqlen - 1`` consecutive text tokens after it.
+    """
+    body = _text_positions(seqlen, bos, "an evaluation window")
+    total = tokens.numel() // body
     if total < 1:
         raise UsageError(
             f"evaluation text has {tokens.numel()} tokens, fewer than one window of {seqlen}: "
@@ -119,4 +161,4 @@ def eval_windows(tokens: torch.Tensor, seqlen: int, max_windows: int | None = No
         )
     count = total if max_windows is None else min(total, max_windows)
     picks = torch.linspace(0, total - 1, count).round().long().unique()
-    return torch.stack([tokens[i * seqlen : (i + 1) * seqlen] for i in picks.tolist()])
+    return _with_bos([tokens[i * body : (i + 1) * body] for i in picks.tolist()], bos)

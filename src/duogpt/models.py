@@ -1,15 +1,16 @@
 """Loading causal LMs and finding the parts of their decoder blocks by structure.
 
 A supported block has ``self_attn.{q,k,v,o}_proj`` and ``mlp.{gate,up,down}_proj``
-linears (Llama, Mistral, Qwen2/3, Gemma and their relatives). The four inputs that
-get an activation sparsifier are the four groups below, in the order the pipeline
-prunes them.
+linears (Llama, Mistral, Qwen2/3, Gemma and their relatives), or a fused ``qkv_proj`` /
+``gate_up_proj`` whose output rows are the parts (Phi-3): each part is pruned as its own
+matrix, and the fused linear gets its group's one sparsifier. The four inputs that get an
+activation sparsifier are the four groups below, in the order the pipeline prunes them.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,41 +32,87 @@ GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+# fused layouts (Phi-3): one linear serves a whole group, its output rows are the parts in order
+FUSED: dict[str, str] = {"qkv": "qkv_proj", "gate_up": "gate_up_proj"}
+
+
+@dataclass(frozen=True)
+class Part:
+    """Rows [start, stop) of a linear's weight, pruned as one matrix: a whole linear, or q/k/v of a fused one."""
+
+    name: str  # how reports name it: 'q_proj', or 'qkv_proj[q]' in a fused linear
+    start: int
+    stop: int
+
+
 @dataclass
 class Block:
-    """One decoder block: its module and its linears by group."""
+    """One decoder block: its module, its linears by group, and the parts of fused linears."""
 
     index: int
     module: nn.Module
     groups: dict[str, dict[str, nn.Linear]]
+    fused: dict[str, tuple[Part, ...]] = field(default_factory=dict)  # linear name -> its parts
 
     def linears(self) -> dict[str, nn.Linear]:
         """All linears of the block by qualified name ('self_attn.q_proj', ...)."""
         return {f"{GROUPS[g][0]}.{name}": lin for g, lins in self.groups.items() for name, lin in lins.items()}
 
+    def parts(self, name: str, linear: nn.Linear) -> tuple[Part, ...]:
+        """The row ranges of ``linear`` that are pruned separately (the whole linear unless it is fused)."""
+        return self.fused.get(name) or (Part(name, 0, linear.out_features),)
 
-def _block_groups(layer: nn.Module) -> dict[str, dict[str, nn.Linear]] | None:
-    groups = {}
+
+def _fused_parts(layer: nn.Module, config, group: str, linear: nn.Linear) -> tuple[Part, ...] | None:
+    """q/k/v rows of a fused qkv_proj, gate/up rows of a fused gate_up_proj; None if the sizes do not add up."""
+    name = FUSED[group]
+    if group == "qkv":
+        n_heads = config.num_attention_heads
+        n_kv = getattr(config, "num_key_value_heads", None) or n_heads
+        head_dim = getattr(layer.self_attn, "head_dim", None) or config.hidden_size // n_heads
+        sizes = {"q": n_heads * head_dim, "k": n_kv * head_dim, "v": n_kv * head_dim}
+    else:
+        sizes = {"gate": linear.out_features // 2, "up": linear.out_features // 2}
+    if sum(sizes.values()) != linear.out_features:
+        return None
+    parts, start = [], 0
+    for part, size in sizes.items():
+        parts.append(Part(f"{name}[{part}]", start, start + size))
+        start += size
+    return tuple(parts)
+
+
+def _block(index: int, layer: nn.Module, config) -> Block | None:
+    """The layer as a Block if it has every group, as separate linears or as a fused one."""
+    block = Block(index, layer, {})
     for group, (parent_name, names) in GROUPS.items():
         parent = getattr(layer, parent_name, None)
         linears = {n: getattr(parent, n, None) for n in names}
-        if not all(isinstance(lin, nn.Linear) for lin in linears.values()):
+        if all(isinstance(lin, nn.Linear) for lin in linears.values()):
+            block.groups[group] = linears
+            continue
+        fused = getattr(parent, FUSED.get(group, ""), None)
+        parts = _fused_parts(layer, config, group, fused) if isinstance(fused, nn.Linear) else None
+        if parts is None:
             return None
-        groups[group] = linears
-    return groups
+        block.groups[group] = {FUSED[group]: fused}
+        block.fused[FUSED[group]] = parts
+    return block
 
 
 def find_blocks(model: nn.Module) -> tuple[nn.ModuleList, list[Block]]:
     """The decoder-layer list of ``model`` and its blocks; refuse unsupported models."""
+    config = model.config.get_text_config(decoder=True) if hasattr(model, "config") else None
     for module in model.modules():
         if isinstance(module, nn.ModuleList) and len(module) > 0:
-            groups = [_block_groups(layer) for layer in module]
-            if all(g is not None for g in groups):
-                return module, [Block(i, layer, g) for i, (layer, g) in enumerate(zip(module, groups, strict=True))]
+            blocks = [_block(i, layer, config) for i, layer in enumerate(module)]
+            if all(b is not None for b in blocks):
+                return module, blocks
     arch = type(model).__name__
     raise UsageError(
         f"unsupported architecture {arch}: duogpt needs Llama-style blocks with self_attn.q/k/v/o_proj "
-        "and mlp.gate/up/down_proj linears (Llama, Mistral, Qwen2/3, Gemma)"
+        "(or a fused qkv_proj) and mlp.gate/up/down_proj (or a fused gate_up_proj) linears "
+        "(Llama, Mistral, Qwen2/3, Gemma, Phi-3)"
     )
 
 
@@ -136,3 +183,20 @@ def load_model(model: str | None = None, dtype: torch.dtype = torch.float32, dev
     lm.eval().to(device)
     find_blocks(lm)  # refuse unsupported architectures early
     return lm, tokenizer
+
+
+def load_skeleton(model: str | None = None, dtype: torch.dtype = torch.float32):
+    """(model on the meta device, tokenizer, path): the structure from the config alone, no weights read."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(model)
+    try:
+        config = AutoConfig.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    except OSError as err:
+        raise UsageError(f"could not load model {path!r} ({str(err).splitlines()[0]}): check the id or path") from None
+    except ValueError as err:
+        raise UsageError(f"unsupported model {path!r}: {(str(err).splitlines() or [''])[0]}") from None
+    return skeleton, tokenizer, path

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import tiny_model
 from duogpt.errors import UsageError
+from duogpt.models import GROUPS
 from duogpt.pruning import sparsify
 
 
@@ -65,3 +67,16 @@ def test_dense_prefill_switch(tiny_llama):
 def test_install_rejects_unknown_names(tiny_llama):
     with pytest.raises(UsageError, match="does not match the model"):
         sparsify.install(tiny_llama, {"layers.7.qkv": 0.1})
+
+
+def test_sparsifiers_hold_no_activation_after_a_forward_pass(samples, monkeypatch):
+    """q/k/v (gate/up) still share one sparsified input, and it is dropped once the group's last linear has it."""
+    model = tiny_model()
+    registry = sparsify.install(model, {f"layers.{i}.{g}": 0.1 for i in range(2) for g in GROUPS})
+    calls = []
+    real = sparsify.sparsify
+    monkeypatch.setattr(sparsify, "sparsify", lambda x, t: calls.append(1) or real(x, t))
+    with torch.no_grad():
+        model(input_ids=samples)
+    assert len(calls) == 2 * 4 * 1  # one sparsification per group and block, not one per linear
+    assert all(sp._last is None for sp in registry.values())

@@ -33,6 +33,7 @@ def add(sub) -> None:
     act.add_argument("--no-act-sparsity", action="store_true", help="remove the checkpoint's sparsifiers")
     options.text_source(p, "--calib", "text for --act-sparsity thresholds")
     options.positive(p, "--seqlen", "tokens per evaluation window", default=512)
+    options.bos(p, "BOS first in every window")
     options.positive(p, "--max-windows", "evaluation windows, spread over the text", default=32)
     options.positive(p, "--batch-size", "windows per forward pass", default=4)
     p.add_argument(
@@ -54,22 +55,25 @@ def run(args) -> int:
     options.check_outputs(args.json)
     text = corpus.load_text(args.text, "eval")
     model, tokenizer, meta = load_any(args.model, device=args.device)
+    bos = corpus.bos_token(tokenizer, args.bos)
     if args.no_act_sparsity or args.act_sparsity is not None:
         sparsify.uninstall(model)
     if args.act_sparsity is not None:
         calib = corpus.load_text(args.calib, "calib")
-        samples = corpus.calibration_samples(corpus.tokenize(tokenizer, calib), 16, args.seqlen, 0)
+        samples = corpus.calibration_samples(corpus.tokenize(tokenizer, calib), 16, args.seqlen, 0, bos)
         calibrate_activation_sparsity(model, samples, args.act_sparsity, progress=not args.quiet)
-    windows = corpus.eval_windows(corpus.tokenize(tokenizer, text), args.seqlen, args.max_windows)
+    windows = corpus.eval_windows(corpus.tokenize(tokenizer, text), args.seqlen, args.max_windows, bos)
     result = perplexity(model, windows, args.batch_size, progress=not args.quiet)
     report = {"model": args.model or "default", "text": args.text, "method": meta and meta["config"]["method"]}
+    report["bos_token_id"] = bos  # every window started with it (None: the paper protocol, no BOS)
     report.update(result.to_json())
     act = "dense" if result.activation_sparsity is None else f"{result.activation_sparsity:.3f}"
     halves = result.half_perplexities
+    window = f"{args.seqlen} text tokens" if bos is None else f"BOS + {args.seqlen - 1} text tokens"
     rows = [
         ("model", report["model"]),
         ("perplexity", f"{result.perplexity:.3f}  (halves {halves[0]:.2f} / {halves[1]:.2f})"),
-        ("tokens", str(result.tokens)),
+        ("tokens", f"{result.tokens} scored  ({window} per window)"),
         ("weight sparsity", f"{result.weight_sparsity:.3f}"),
         ("activation sparsity", act),
         ("wall seconds", f"{result.wall_seconds:.1f}"),

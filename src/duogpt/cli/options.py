@@ -6,7 +6,7 @@ import argparse
 
 from duogpt import checks
 from duogpt.config import PruneConfig, fields
-from duogpt.corpus import DEFAULT_SOURCE, SOURCES
+from duogpt.corpus import BOS_MODES, DEFAULT_SOURCE, SOURCES
 from duogpt.files import check_writable
 
 
@@ -24,6 +24,16 @@ def device(p: argparse.ArgumentParser) -> None:
 
 def text_source(p: argparse.ArgumentParser, flag: str, what: str) -> None:
     p.add_argument(flag, default=DEFAULT_SOURCE, metavar="SOURCE", help=f"{what}: {SOURCES} (default: %(default)s)")
+
+
+def bos(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--bos",
+        choices=BOS_MODES,
+        default="auto",
+        help=f"{what}: auto (when the tokenizer adds one), always, or never (the SparseGPT/Wanda-paper "
+        "protocol: one tokenised text cut into windows) (default: %(default)s)",
+    )
 
 
 def output_file(p: argparse.ArgumentParser, flag: str, what: str) -> None:

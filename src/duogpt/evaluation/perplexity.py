@@ -46,18 +46,76 @@ def weight_sparsity(model: torch.nn.Module) -> float:
     return zeros / total
 
 
+LOSS_CHUNK = 128  # positions whose logits exist at once: the peak no longer grows with seqlen x vocabulary
+
+
+def final_hidden(model: torch.nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+    """The decoder's last hidden states (after its final norm), without computing any logits."""
+    return model.get_decoder()(input_ids=ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def logits_from_hidden(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head on some positions' final hidden states, with the family's logit post-processing.
+
+    Gemma-2/3 soft-cap the logits (``final_logit_softcapping``), Cohere scales them
+    (``logit_scale``), Granite divides them (``logits_scaling``); float32 result.
+    """
+    logits = model.get_output_embeddings()(hidden).float()
+    config = model.config
+    if getattr(config, "logit_scale", None):
+        logits = logits * config.logit_scale
+    if getattr(config, "logits_scaling", None):
+        logits = logits / config.logits_scaling
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def span_logits(model, ids: torch.Tensor, attention_mask: torch.Tensor, spans: list[tuple[int, int]]):
+    """Per row ``r``, the logits at positions ``spans[r] = (start, end)``, float32.
+
+    A transformers model computes only those positions' logits; any other callable that
+    returns ``.logits`` (a wrapper, a test double) is called as it is.
+    """
+    if not hasattr(model, "get_decoder"):
+        logits = model(input_ids=ids, attention_mask=attention_mask, use_cache=False).logits
+        return [logits[r, s:e].float() for r, (s, e) in enumerate(spans)]
+    hidden = final_hidden(model, ids, attention_mask)
+    return [logits_from_hidden(model, hidden[r, s:e]) for r, (s, e) in enumerate(spans)]
+
+
+@torch.no_grad()
+def token_nlls(model: torch.nn.Module, ids: torch.Tensor, chunk: int = LOSS_CHUNK) -> torch.Tensor:
+    """-log p(ids[:, t+1] | ids[:, :t+1]) for every t, shape (batch, seqlen - 1), float64.
+
+    The logits are made ``chunk`` positions at a time from one pass of the decoder, so the
+    memory for them is batch x chunk x vocabulary, not batch x seqlen x vocabulary.
+    """
+    hidden = final_hidden(model, ids)
+    steps = ids.shape[1] - 1
+    out = torch.empty(ids.shape[0], steps, dtype=torch.float64)
+    for s in range(0, steps, chunk):
+        e = min(s + chunk, steps)
+        logits = logits_from_hidden(model, hidden[:, s:e])
+        out[:, s:e] = F.cross_entropy(logits.transpose(1, 2), ids[:, s + 1 : e + 1], reduction="none").double().cpu()
+    return out
+
+
 @torch.no_grad()
 def perplexity(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 4, progress: bool = True) -> EvalResult:
-    """Perplexity over ``windows`` (n, seqlen): every token after the first of each window is scored."""
+    """Perplexity over ``windows`` (n, seqlen): every token after the first of each window is scored.
+
+    When the windows start with a BOS (see ``duogpt.corpus.bos_token``), the first scored
+    token is the first text token.
+    """
     start = time.perf_counter()
     device = next(model.parameters()).device
     sparsify.reset_counters(model)
     nll = torch.zeros(windows.shape[0], dtype=torch.float64)
     for i in tqdm(range(0, windows.shape[0], batch_size), desc="eval", disable=not progress):
         ids = windows[i : i + batch_size].to(device)
-        logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-        losses = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-        nll[i : i + ids.shape[0]] = losses.double().sum(1).cpu()
+        nll[i : i + ids.shape[0]] = token_nlls(model, ids).sum(1)
     per_window = windows.shape[1] - 1
     tokens = per_window * windows.shape[0]
     half = max(1, windows.shape[0] // 2)

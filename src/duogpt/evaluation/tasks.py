@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from duogpt import checks
+from duogpt.corpus import bos_token
 from duogpt.errors import UsageError
+from duogpt.evaluation.perplexity import span_logits
 
 TASKS = ("last_word", "cloze")
 _Z95 = 1.959963984540054
@@ -225,16 +227,19 @@ def cloze_items(text: str, n: int, seed: int = 0, n_choices: int = 4) -> list[Cl
 # --- scoring -------------------------------------------------------------------------------------
 
 
-def encode_pair(tokenizer, context: str, continuation: str, max_context: int) -> tuple[list[int], list[int]]:
+def encode_pair(
+    tokenizer, context: str, continuation: str, max_context: int, bos: int | None = None
+) -> tuple[list[int], list[int]]:
     """Token ids of (context, continuation): the whole string is encoded and split, so the
-    continuation tokenises as it would in running text; the context keeps its last ``max_context``."""
+    continuation tokenises as it would in running text; the context keeps its last ``max_context``
+    tokens, after ``bos`` when given (``duogpt.corpus.bos_token``)."""
     ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
     whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
     if whole[: len(ctx)] == ctx and len(whole) > len(ctx):
         cont = whole[len(ctx) :]
     else:
         cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
-    return ctx[-max_context:], cont
+    return ([] if bos is None else [bos]) + ctx[-max_context:], cont
 
 
 def _max_positions(model) -> int | None:
@@ -275,14 +280,14 @@ def score_continuations(
             tokens = seqs[i][0] + seqs[i][1]
             ids[row, : len(tokens)] = torch.tensor(tokens)
             mask[row, : len(tokens)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
-        for row, i in enumerate(batch):
-            ctx, cont = seqs[i]
-            target = torch.tensor(cont, device=logits.device)
-            step = F.log_softmax(logits[row, len(ctx) - 1 : len(ctx) + len(cont) - 1].float(), dim=-1)
+        spans = [(len(seqs[i][0]) - 1, sum(map(len, seqs[i])) - 1) for i in batch]
+        for row, logits in enumerate(span_logits(model, ids.to(device), mask.to(device), spans)):
+            i = batch[row]
+            target = torch.tensor(seqs[i][1], device=logits.device)
+            step = F.log_softmax(logits, dim=-1)
             scores[i] = Score(
                 logprob=float(step.gather(1, target[:, None]).sum()),
-                tokens=len(cont),
+                tokens=len(seqs[i][1]),
                 greedy=bool((step.argmax(-1) == target).all()),
             )
     return scores  # type: ignore[return-value]
@@ -316,7 +321,8 @@ def last_word(
     start = time.perf_counter()
     _check_positive(n_items=n_items, context_tokens=context_tokens, batch_size=batch_size)
     items = last_word_items(text, tokenizer, n_items, seed, context_tokens)
-    pairs = [encode_pair(tokenizer, it.context, it.target, context_tokens) for it in items]
+    bos = bos_token(tokenizer)
+    pairs = [encode_pair(tokenizer, it.context, it.target, context_tokens, bos) for it in items]
     scores = score_continuations(model, pairs, batch_size, progress, desc="last_word")
     return _result("last_word", [s.greedy for s in scores], start)
 
@@ -338,7 +344,8 @@ def cloze(
     if n_choices < 2:
         raise UsageError(f"cloze needs at least 2 choices, got {n_choices}")
     items = cloze_items(text, n_items, seed, n_choices)
-    pairs = [encode_pair(tokenizer, it.context, c, context_tokens) for it in items for c in it.choices]
+    bos = bos_token(tokenizer)
+    pairs = [encode_pair(tokenizer, it.context, c, context_tokens, bos) for it in items for c in it.choices]
     scores = score_continuations(model, pairs, batch_size, progress, desc="cloze")
     correct = []
     for k, item in enumerate(items):

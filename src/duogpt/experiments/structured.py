@@ -242,6 +242,11 @@ def prune_width(
     checks.fraction("mlp_fraction", mlp_fraction)
     checks.fraction("kv_group_fraction", kv_group_fraction)
     _, blocks = find_blocks(model)
+    if blocks[0].fused:
+        raise UsageError(
+            f"width pruning needs separate q/k/v and gate/up linears and {type(model).__name__} fuses them "
+            f"({', '.join(blocks[0].fused)}): use block removal (shortgpt) or a dual-sparse method"
+        )
     config = model.config.get_text_config(decoder=True)
     params_before = _param_count(model)
     n_heads, n_kv = config.num_attention_heads, config.num_key_value_heads

@@ -74,14 +74,16 @@ def prepare(
     eval_split: str,
     eval_windows: int,
 ) -> GridData:
+    bos = corpus.bos_token(tokenizer)
     samples = corpus.calibration_samples(
-        corpus.tokenize(tokenizer, corpus.load_text(calib, "calib")), nsamples, seqlen, seed
+        corpus.tokenize(tokenizer, corpus.load_text(calib, "calib")), nsamples, seqlen, seed, bos
     )
     text = corpus.load_text(eval_text, eval_split)
-    windows = corpus.eval_windows(corpus.tokenize(tokenizer, text), seqlen, eval_windows)
+    windows = corpus.eval_windows(corpus.tokenize(tokenizer, text), seqlen, eval_windows, bos)
     desc = (
         f"calibration: {nsamples} x {seqlen} tokens of {calib} (seed {seed}); evaluation: "
         f"{windows.shape[0]} x {seqlen} tokens of the {eval_split} part of {eval_text}"
+        + ("" if bos is None else f"; each sample and window starts with BOS ({bos})")
     )
     return GridData(samples, windows, text, desc)
 

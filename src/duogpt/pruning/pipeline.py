@@ -116,30 +116,37 @@ def _calibrate_threshold(model, block, group, streams, kw, cfg, result) -> list[
 
 
 def _solve_group(block, group, method: Method, cfg, inputs, dense: DenseRun | None, result: PruneResult) -> None:
-    """Solve every linear of one group from its calibration statistics."""
+    """Solve every linear (every part of a fused one) of one group from its calibration statistics."""
     stats = collect(method.statistics, inputs, dense, group)
     pattern = solvers.parse_pattern(cfg.pattern)
     parent = GROUPS[group][0]
     for lname, linear in block.groups[group].items():
-        t0 = time.perf_counter()
-        W = linear.weight.data
-        full = f"layers.{block.index}.{parent}.{lname}"
-        if not torch.isfinite(W).all():
-            raise UsageError(f"{full}: the weights contain NaN/Inf: the model file is damaged or overflowed")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", solvers.DampeningWarning)
-            try:
-                new = method.solve(W, stats, cfg, pattern)
-            except solvers.IllConditioned as err:
-                raise UsageError(
-                    f"{full}: {err}: check the model's weights, or give more calibration tokens (--nsamples)"
-                ) from None
-        for w in caught:
-            log.warning("%s: %s", full, w.message)
-        if not torch.isfinite(new).all():
-            raise UsageError(f"{full}: the solver produced NaN/Inf; raise --percdamp or check the model weights")
-        err = method.error(W, new, stats, lname) if method.error else None
-        linear.weight.data = new.to(W.dtype)
-        sparsity = float((linear.weight.data == 0).float().mean())
-        result.linears.append(LinearReport(full, sparsity, err, time.perf_counter() - t0))
-        log.info("%-28s sparsity %.3f  rel. error %s", full, sparsity, "n/a" if err is None else f"{err:.4f}")
+        for part in block.parts(lname, linear):
+            t0 = time.perf_counter()
+            rows = linear.weight.data[part.start : part.stop]
+            full = f"layers.{block.index}.{parent}.{part.name}"
+            new, err = _solve_part(method, rows, stats, cfg, pattern, full, part.name)
+            rows.copy_(new)
+            sparsity = float((rows == 0).float().mean())
+            result.linears.append(LinearReport(full, sparsity, err, time.perf_counter() - t0))
+            log.info("%-28s sparsity %.3f  rel. error %s", full, sparsity, "n/a" if err is None else f"{err:.4f}")
+
+
+def _solve_part(method: Method, W, stats, cfg, pattern, full: str, name: str) -> tuple[torch.Tensor, float | None]:
+    """Pruned weights (in W's dtype) and the relative output error; errors name the layer."""
+    if not torch.isfinite(W).all():
+        raise UsageError(f"{full}: the weights contain NaN/Inf: the model file is damaged or overflowed")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", solvers.DampeningWarning)
+        try:
+            new = method.solve(W, stats, cfg, pattern)
+        except solvers.IllConditioned as err:
+            raise UsageError(
+                f"{full}: {err}: check the model's weights, or give more calibration tokens (--nsamples)"
+            ) from None
+    for w in caught:
+        log.warning("%s: %s", full, w.message)
+    if not torch.isfinite(new).all():
+        raise UsageError(f"{full}: the solver produced NaN/Inf; raise --percdamp or check the model weights")
+    err = method.error(W, new, stats, name) if method.error else None
+    return new.to(W.dtype), err

@@ -23,6 +23,7 @@ class PruneResult:
     calib_act_sparsity: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     resources: dict = field(default_factory=dict)
+    bos_token_id: int | None = None  # the token every calibration sample started with
 
     def to_json(self) -> dict:
         return {
@@ -32,4 +33,5 @@ class PruneResult:
             "linears": [asdict(r) for r in self.linears],
             "prune_seconds": self.seconds,
             "resources": self.resources,
+            "calib_bos_token_id": self.bos_token_id,
         }

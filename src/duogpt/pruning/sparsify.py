@@ -53,19 +53,25 @@ class ActivationSparsifier:
         self.enabled = True
         self.zeros = 0
         self.total = 0
-        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # only while the group's linears run
+        self._pending = 0
         self.handles: list = []
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self._last is not None and self._last[0] is x:  # q/k/v (gate/up) share one input
-            return self._last[1]
+            out = self._last[1]
+            self._pending -= 1
+            if self._pending <= 0:
+                self._last = None  # the group's last linear has it: hold no activation past it
+            return out
         if not self.enabled or (not self.sparsify_prefill and x.dim() == 3 and x.shape[1] > 1):
             out = x
         else:
             out = sparsify(x, self.threshold)
             self.zeros += int((out == 0).sum())
             self.total += out.numel()
-        self._last = (x, out)
+        self._pending = len(self.handles) - 1  # the other linears that will ask for the same input
+        self._last = (x, out) if self._pending > 0 else None
         return out
 
     def forget(self) -> None:

@@ -93,7 +93,7 @@ def group_inputs(block: Block, group: str, hidden: list[torch.Tensor], kwargs: l
 
 @dataclass
 class DenseRun:
-    """One full pass of a not yet pruned block: outputs, every group's inputs, ``||W Xd||^2`` per linear."""
+    """One full pass of a not yet pruned block: outputs, every group's inputs, ``||W Xd||^2`` per part."""
 
     outputs: list[torch.Tensor]
     inputs: dict[str, list[torch.Tensor]]
@@ -111,9 +111,11 @@ def dense_run(block: Block, hidden: list[torch.Tensor], kwargs: list[dict]) -> D
         )
         for lname, linear in linears.items():
 
-            def norm_hook(mod, _args, out, key=lname):
+            def norm_hook(mod, _args, out, parts=block.parts(lname, linear)):
                 out = out if mod.bias is None else out - mod.bias
-                run.out_norm2[key] = run.out_norm2.get(key, 0.0) + float(out.double().pow(2).sum())
+                for p in parts:
+                    rows = out if len(parts) == 1 else out[..., p.start : p.stop]
+                    run.out_norm2[p.name] = run.out_norm2.get(p.name, 0.0) + float(rows.double().pow(2).sum())
 
             handles.append(linear.register_forward_hook(norm_hook))
     try:
