@@ -162,3 +162,38 @@ def test_inspect_prints_and_writes_json_and_refuses_other_layouts(tiny_checkpoin
     assert main(["inspect", str(unsupported_checkpoint(tmp_path))]) == 2
     err = capsys.readouterr().err
     assert "unsupported architecture GPT2LMHeadModel" in err and err.count("\n") == 1
+
+
+def test_prune_keeps_the_source_dtype_unless_told(tiny_checkpoint, text_file, tmp_path):
+    from safetensors import safe_open
+
+    from conftest import tiny_model
+
+    bf16 = tmp_path / "bf16-model"
+    tiny_model().to(torch.bfloat16).save_pretrained(bf16)
+    byte_tokenizer().save_pretrained(bf16)
+
+    def dtypes(path):
+        found = set()
+        for f in path.glob("*.safetensors"):
+            if f.name.startswith("model"):
+                with safe_open(str(f), "pt") as st:
+                    found |= {st.get_slice(k).get_dtype() for k in st.keys()}
+        return found
+
+    assert main(prune_args(bf16, text_file, tmp_path / "kept")) == 0
+    assert dtypes(tmp_path / "kept") == {"BF16"}
+    assert json.loads((tmp_path / "kept" / "duogpt.json").read_text())["config"]["dtype"] == "auto"
+    assert main(prune_args(bf16, text_file, tmp_path / "f32", "--dtype", "float32")) == 0
+    assert dtypes(tmp_path / "f32") == {"F32"}
+
+
+def test_second_prune_into_the_same_out_refuses_at_start(tiny_checkpoint, text_file, tmp_path, capsys):
+    from duogpt.files import run_lock
+
+    out = tmp_path / "out"
+    with run_lock(out, "prune"):  # as a first run, still going, would hold it
+        assert main(prune_args(tiny_checkpoint, text_file, out)) == 2
+    err = capsys.readouterr().err
+    assert "being written by another duogpt prune" in err and err.count("\n") == 1
+    assert not out.exists()

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from duogpt.errors import UsageError
-from duogpt.files import atomic_path, check_out_dir, write_dir, write_text
+from duogpt.files import atomic_path, check_out_dir, run_lock, write_dir, write_text
 
 
 def test_write_text_replaces_with_the_usual_mode(tmp_path):
@@ -46,3 +46,38 @@ def test_write_dir_puts_the_old_directory_back_when_filling_fails(tmp_path):
     assert [p.name for p in out.iterdir()] == ["b"]
     with pytest.raises(UsageError, match="not empty"):
         check_out_dir(out)
+
+
+HOLDER = """
+import sys, time
+from duogpt.files import run_lock
+with run_lock(sys.argv[1], "prune"):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_run_lock_refuses_a_second_run_and_takes_over_a_dead_ones(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UsageError, match=rf"being written by another duogpt prune \(process {holder.pid}\)"):
+            with run_lock(out, "prune"):
+                pass
+    finally:
+        holder.kill()  # a killed run: its lock file stays, its lock does not
+        holder.wait()
+    assert (tmp_path / "out.duogpt-lock").exists()
+    with run_lock(out, "prune"):
+        assert (tmp_path / "out.duogpt-lock").read_text().strip() == str(os.getpid())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_lock_removes_the_folders_it_made(tmp_path):
+    with run_lock(tmp_path / "a" / "b" / "out", "sweep"):
+        assert (tmp_path / "a" / "b").is_dir()
+    assert list(tmp_path.iterdir()) == []

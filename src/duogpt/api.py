@@ -10,7 +10,7 @@ import torch
 from duogpt import checkpoint, corpus
 from duogpt.config import PruneConfig
 from duogpt.evaluation.perplexity import peak_rss_mb
-from duogpt.files import check_out_dir
+from duogpt.files import check_out_dir, run_lock
 from duogpt.models import load_model, resolve_model_path
 from duogpt.pruning import preflight
 from duogpt.pruning.pipeline import prune_model, stream_names
@@ -39,14 +39,19 @@ def prune(
     run's report at ``model.duogpt_report``.
     """
     cfg = (config or PruneConfig()).replace(**settings)
-    work = None
-    if out is not None:
+    if out is None:
+        return _prune(model, cfg, None, device, progress, force)
+    with run_lock(out, "prune"):
         check_out_dir(out, force)
-        work = work_dir_for(out)
         if not resume:
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(work_dir_for(out), ignore_errors=True)
+        return _prune(model, cfg, out, device, progress, force)
+
+
+def _prune(model, cfg: PruneConfig, out, device: str, progress: bool, force: bool):
+    work = None if out is None else work_dir_for(out)
     text = corpus.load_text(cfg.calib, "calib")
-    lm, tokenizer = load_model(model, device=device)
+    lm, tokenizer = load_model(model, dtype=cfg.dtype, device=device)
     bos = corpus.bos_token(tokenizer, cfg.bos)
     samples = corpus.calibration_samples(corpus.tokenize(tokenizer, text), cfg.nsamples, cfg.seqlen, cfg.seed, bos)
     need = preflight.estimate(lm, cfg.nsamples, cfg.seqlen, len(stream_names(cfg)), with_work_dir=out is not None)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from duogpt import checks
 from duogpt.corpus import BOS_MODES, DEFAULT_SOURCE, SOURCES
 from duogpt.errors import UsageError
+from duogpt.models import DTYPE_CHOICES
 from duogpt.pruning.methods import HESSIANS, METHODS, method_for
 from duogpt.pruning.solvers import CORRECTIONS, parse_pattern
 
@@ -62,6 +63,12 @@ class PruneConfig:
         "or never (the SparseGPT/Wanda-paper protocol)",
         checks.one_of,
         choices=BOS_MODES,
+    )
+    dtype: str = setting(
+        "auto",
+        "dtype of the pruned model: auto (the checkpoint's own), float32, bfloat16 or float16",
+        checks.one_of,
+        choices=DTYPE_CHOICES,
     )
     nsamples: int = setting(32, "calibration sequences", checks.positive_int, metavar="N")
     seqlen: int = setting(512, "tokens per calibration sequence", checks.positive_int, metavar="N")

@@ -5,12 +5,15 @@
 - :func:`write_text`: the same for a string.
 - :func:`write_dir`: a whole directory, filled under a temporary name and renamed into place.
 - :func:`check_writable` and :func:`check_out_dir`: refuse a destination before any long work.
+- :func:`run_lock`: one run at a time per output (a lock held for the run's life, released on any
+  exit, also a kill, since the kernel drops it with the process).
 - :func:`cache_dir`: ``$DUOGPT_CACHE`` (default ``~/.cache/duogpt``): converted models, built kernels.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
@@ -102,3 +105,54 @@ def write_dir(out: str | Path, fill: Callable[[Path], None]) -> Path:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+LOCK_SUFFIX = ".duogpt-lock"
+
+
+def _try_lock(lock: Path) -> int | None:
+    """An fd holding an exclusive lock on ``lock`` (created if need be), or None if another process holds it."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the holder finished and removed the file between our open and lock: try again
+
+
+@contextlib.contextmanager
+def run_lock(target: str | Path, command: str) -> Iterator[None]:
+    """Refuse to start while another duogpt run writes ``target``; hold the lock until this run ends.
+
+    The lock is ``flock`` on ``<target>.duogpt-lock``: a run that is killed loses it with its
+    process, so a lock file left by a dead run is taken over, not mistaken for a live one.
+    """
+    target = Path(target)
+    lock = target.with_name(target.name + LOCK_SUFFIX)
+    made = [d for d in reversed(lock.parents) if not d.exists()]  # folders this run creates for it
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = _try_lock(lock)
+    if fd is None:
+        holder = lock.read_text().strip() or "?"
+        raise UsageError(
+            f"{str(target)!r} is being written by another duogpt {command} (process {holder}): "
+            "wait for it to finish, or choose another output"
+        )
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+        for folder in reversed(made):  # a run that wrote nothing leaves no empty folders either
+            with contextlib.suppress(OSError):
+                folder.rmdir()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from duogpt import corpus
 from duogpt.config import PruneConfig
-from duogpt.models import find_blocks, load_skeleton
+from duogpt.models import find_blocks, load_skeleton, source_dtype
 from duogpt.pruning import preflight
 from duogpt.pruning.pipeline import stream_names
 
@@ -17,7 +17,7 @@ from duogpt.pruning.pipeline import stream_names
 def inspect_model(model: str | None, cfg: PruneConfig | None = None) -> dict:
     """A JSON-ready description of ``model`` and of a prune of it with ``cfg`` (default settings)."""
     cfg = cfg or PruneConfig()
-    skeleton, tokenizer, path = load_skeleton(model)
+    skeleton, tokenizer, path = load_skeleton(model, cfg.dtype)
     config = skeleton.config.get_text_config(decoder=True)
     _, blocks = find_blocks(skeleton)  # raises the refusal, with the reason, for other layouts
     first = blocks[0]
@@ -38,8 +38,8 @@ def inspect_model(model: str | None, cfg: PruneConfig | None = None) -> dict:
         "path": path,
         "family": config.model_type,
         "class": type(skeleton).__name__,
-        "source_dtype": str(getattr(config, "dtype", None) or "unknown").replace("torch.", ""),
-        "prune_dtype": "float32",
+        "source_dtype": str(source_dtype(config)).replace("torch.", ""),
+        "prune_dtype": str(next(skeleton.parameters()).dtype).replace("torch.", ""),
         "parameters": sum(p.numel() for p in skeleton.parameters()),
         "vocab_size": config.vocab_size,
         "blocks": len(blocks),

@@ -162,14 +162,30 @@ def resolve_model_path(model: str | None) -> str:
     return model
 
 
-def load_model(model: str | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """Load (model, tokenizer) from the default model, a local checkpoint or a hub id."""
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_CHOICES = ("auto", *DTYPES)  # auto: the checkpoint's own dtype
+
+
+def source_dtype(config) -> torch.dtype:
+    """The dtype a checkpoint's config declares (float32 when it declares none)."""
+    declared = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(declared, str):
+        declared = DTYPES.get(declared.replace("torch.", ""))
+    return declared if isinstance(declared, torch.dtype) else torch.float32
+
+
+def load_model(model: str | None = None, dtype: str = "auto", device: str = "cpu"):
+    """Load (model, tokenizer) from the default model, a local checkpoint or a hub id.
+
+    ``dtype``: 'auto' keeps the checkpoint's own dtype (a bfloat16 model stays bfloat16), or
+    one of float32, bfloat16, float16.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES.get(dtype, "auto"))
     except OSError as err:
         raise UsageError(f"could not load model {path!r} ({str(err).splitlines()[0]}): check the id or path") from None
     except ValueError as err:
@@ -185,7 +201,7 @@ def load_model(model: str | None = None, dtype: torch.dtype = torch.float32, dev
     return lm, tokenizer
 
 
-def load_skeleton(model: str | None = None, dtype: torch.dtype = torch.float32):
+def load_skeleton(model: str | None = None, dtype: str = "auto"):
     """(model on the meta device, tokenizer, path): the structure from the config alone, no weights read."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -194,7 +210,7 @@ def load_skeleton(model: str | None = None, dtype: torch.dtype = torch.float32):
         config = AutoConfig.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
         with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            skeleton = AutoModelForCausalLM.from_config(config, dtype=DTYPES.get(dtype) or source_dtype(config))
     except OSError as err:
         raise UsageError(f"could not load model {path!r} ({str(err).splitlines()[0]}): check the id or path") from None
     except ValueError as err:

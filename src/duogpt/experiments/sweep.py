@@ -30,7 +30,7 @@ from duogpt.evaluation.perplexity import perplexity
 from duogpt.evaluation.tasks import cloze_items, last_word_items, run_builtin_tasks
 from duogpt.experiments import outputs, structured
 from duogpt.experiments.presets import Cell, Preset, plan_cells
-from duogpt.files import write_text
+from duogpt.files import run_lock, write_text
 from duogpt.logs import log, muted
 from duogpt.models import load_model
 from duogpt.pruning import sparsify
@@ -237,7 +237,15 @@ def run_sweep(
     link_base: str | Path | None = None,
     command: str = "",
 ) -> tuple[list[dict], str]:
-    """Run (or resume) ``preset`` into ``out``; returns the records and the Markdown summary."""
+    """Run (or resume) ``preset`` into ``out``; returns the records and the Markdown summary.
+
+    A second sweep into the same ``out`` refuses to start while this one runs.
+    """
+    with run_lock(out, "sweep"):
+        return _run_sweep(preset, out, opts, calib, eval_text, progress, plot_dir, link_base, command)
+
+
+def _run_sweep(preset, out, opts, calib, eval_text, progress, plot_dir, link_base, command):
     start = time.perf_counter()
     lm, tokenizer = load_model(opts.model)
     grid = prepare(tokenizer, calib, preset.nsamples, preset.seqlen, opts.seed, eval_text, "eval", preset.eval_windows)
