@@ -138,7 +138,7 @@ def test_unknown_keys_in_duogpt_json_are_ignored(pruned_dir, text_file, tmp_path
     assert main(_eval(d, text_file)) == 0
 
 
-@pytest.mark.parametrize("name", ["model.safetensors", "duogpt-sparse.safetensors"])
+@pytest.mark.parametrize("name", ["model-00001.safetensors", "duogpt-sparse-00001.safetensors"])
 @pytest.mark.parametrize("keep", [0, 7, 1000])
 def test_truncated_safetensors(pruned_dir, text_file, tmp_path, capsys, name, keep):
     d = _copy(pruned_dir, tmp_path)
@@ -154,7 +154,7 @@ def test_weights_of_another_shape(pruned_dir, text_file, tmp_path, capsys):
     tiny_model(tiny_llama_config(hidden_size=32, num_attention_heads=2, num_key_value_heads=1)).save_pretrained(
         tmp_path / "other"
     )
-    shutil.copy(tmp_path / "other" / "model.safetensors", d / "model.safetensors")
+    shutil.copy(tmp_path / "other" / "model.safetensors", d / "model-00001.safetensors")
     assert "could not load the weights" in _one_line_exit_2(capsys, _eval(d, text_file))
 
 

@@ -1,4 +1,4 @@
-"""Pruned checkpoints: a ``save_pretrained`` directory plus ``duogpt.json``.
+"""Pruned checkpoints: a sharded safetensors directory that ``transformers`` loads, plus ``duogpt.json``.
 
 ``duogpt.json`` holds the method and settings, per-linear weight sparsity and
 reconstruction error, and the activation thresholds ('layers.{i}.{group}' -> tau).
@@ -8,40 +8,99 @@ The directory loads as a plain (dense-format, masked) model with ``transformers`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 from duogpt.errors import UsageError
-from duogpt.files import check_out_dir, write_dir
-from duogpt.models import load_model
+from duogpt.files import check_out_dir, staged_dir
+from duogpt.models import Block, find_blocks, load_model
 from duogpt.pruning import sparsify
 from duogpt.pruning.result import PruneResult
-from duogpt.runtime.linear import RUNTIMES, load_packed, save_packed, to_sparse_runtime
+from duogpt.runtime.linear import PACKED_PREFIX, RUNTIMES, load_packed, packed_form, to_sparse_runtime
+from duogpt.shards import ShardWriter
 
 META_FILE = "duogpt.json"
 FORMAT_VERSION = 1
 
 
-def save(model, tokenizer, result: PruneResult, out: str | Path, base_model: str, force: bool = False) -> Path:
-    """Write the checkpoint under a temporary name beside ``out``, then rename it into place."""
+def layers_prefix(model) -> str:
+    """The qualified name of the decoder-layer list ('model.layers'), the prefix of block tensors."""
+    layers, _ = find_blocks(model)
+    return next(name for name, module in model.named_modules() if module is layers)
 
-    def fill(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+
+class CheckpointWriter:
+    """The one writer of pruned checkpoints, into a staged directory (see :func:`writer`).
+
+    Blocks are added in order as they finish (weights and packed form, each into its own
+    shards), then :meth:`finish` adds every other tensor, the config, tokenizer and
+    ``duogpt.json``. The in-memory prune adds all blocks at the end, the out-of-core prune one
+    at a time; the files are the same.
+    """
+
+    def __init__(self, directory: Path, prefix: str):
+        self.directory, self.prefix = directory, prefix
+        self.weights = ShardWriter(directory, "model")
+        self.packed = ShardWriter(directory, PACKED_PREFIX)
+        self.packed_bytes = self.dense_bytes = 0
+
+    def add_block(self, block: Block) -> None:
+        self.weights.add({f"{self.prefix}.{block.index}.{n}": t for n, t in block.module.state_dict().items()})
+        for qual, linear in block.linears().items():
+            sp = packed_form(linear)
+            self.packed.add(sp.tensors(prefix=f"layers.{block.index}.{qual}."))
+            self.packed_bytes += sp.nbytes()
+            self.dense_bytes += linear.weight.numel() * linear.weight.element_size()
+
+    def finish(self, model, tokenizer, result: PruneResult, base_model: str) -> None:
+        rest, seen = {}, set()
+        for name, tensor in model.state_dict().items():
+            if not name.startswith(self.prefix + ".") and tensor.data_ptr() not in seen:  # tied: saved once
+                seen.add(tensor.data_ptr())
+                rest[name] = tensor
+        self.weights.add(rest)
+        self.weights.finish()
+        self.packed.finish()
+        model.config.dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+        model.config.architectures = [type(model).__name__]
+        model.config.save_pretrained(self.directory)
+        if getattr(model, "generation_config", None) is not None and model.can_generate():
+            model.generation_config.save_pretrained(self.directory)
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        _, packed_bytes, dense_bytes = save_packed(model, tmp)
+            tokenizer.save_pretrained(self.directory)
+        files = [f for f in self.directory.rglob("*") if f.is_file()]
         meta = {
             "format": "duogpt",
             "format_version": FORMAT_VERSION,
             "base_model": base_model,
             **result.to_json(),
-            "checkpoint_mb": sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) / 2**20,
-            "sparse_format": {"file": "duogpt-sparse.safetensors", "bytes": packed_bytes, "dense_bytes": dense_bytes},
+            "checkpoint_mb": sum(f.stat().st_size for f in files) / 2**20,
+            "sparse_format": {
+                "files": f"{PACKED_PREFIX}-*.safetensors",
+                "bytes": self.packed_bytes,
+                "dense_bytes": self.dense_bytes,
+            },
         }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+        (self.directory / META_FILE).write_text(json.dumps(meta, indent=1))
 
-    return write_dir(check_out_dir(out, force), fill)
+
+@contextlib.contextmanager
+def writer(out: str | Path, model, force: bool = False) -> Iterator[CheckpointWriter]:
+    """A :class:`CheckpointWriter` whose directory replaces ``out`` only when the block ends without error."""
+    with staged_dir(check_out_dir(out, force)) as tmp:
+        yield CheckpointWriter(tmp, layers_prefix(model))
+
+
+def save(model, tokenizer, result: PruneResult, out: str | Path, base_model: str, force: bool = False) -> Path:
+    """Write the whole (pruned, in-memory) model as a checkpoint at ``out``, atomically."""
+    with writer(out, model, force) as w:
+        for block in find_blocks(model)[1]:
+            w.add_block(block)
+        w.finish(model, tokenizer, result, base_model)
+    return Path(out)
 
 
 def read_meta(path: str | Path) -> dict | None:

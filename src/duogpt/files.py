@@ -3,7 +3,8 @@
 - :func:`atomic_path`: a temporary path beside the target, renamed over it only on success.
   Writers that take a path (safetensors, ``torch.save``, matplotlib, a compiler) write there.
 - :func:`write_text`: the same for a string.
-- :func:`write_dir`: a whole directory, filled under a temporary name and renamed into place.
+- :func:`staged_dir` / :func:`write_dir`: a whole directory, filled under a temporary name and renamed
+  into place.
 - :func:`check_writable` and :func:`check_out_dir`: refuse a destination before any long work.
 - :func:`run_lock`: one run at a time per output (a lock held for the run's life, released on any
   exit, also a kill, since the kernel drops it with the process).
@@ -80,8 +81,9 @@ def write_text(path: str | Path, text: str, make_parents: bool = False) -> None:
         tmp.write_text(text)
 
 
-def write_dir(out: str | Path, fill: Callable[[Path], None]) -> Path:
-    """Let ``fill(tmp)`` write a temporary sibling of ``out``, then rename it into place.
+@contextlib.contextmanager
+def staged_dir(out: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out`` to fill; on success it is renamed into place.
 
     An existing ``out`` (the caller has checked it may go) is moved aside first and put back
     if the rename fails; a failure leaves no temporary directory behind.
@@ -91,7 +93,7 @@ def write_dir(out: str | Path, fill: Callable[[Path], None]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     old = None
     try:
-        fill(tmp)
+        yield tmp
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             out.rename(old / "previous")
@@ -104,7 +106,20 @@ def write_dir(out: str | Path, fill: Callable[[Path], None]) -> Path:
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    return out
+
+
+def write_dir(out: str | Path, fill: Callable[[Path], None]) -> Path:
+    """``fill(tmp)`` a staged directory (see :func:`staged_dir`) that then replaces ``out``."""
+    with staged_dir(out) as tmp:
+        fill(tmp)
+    return Path(out)
+
+
+def remove_stale_stages(out: str | Path) -> None:
+    """Delete temporary siblings of ``out`` left by a killed run (call while holding its run lock)."""
+    out = Path(out)
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 LOCK_SUFFIX = ".duogpt-lock"

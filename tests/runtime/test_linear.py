@@ -14,14 +14,21 @@ from duogpt.pruning import sparsify
 from duogpt.pruning.pipeline import prune_model
 from duogpt.runtime import bench
 from duogpt.runtime.generate import generate, greedy
-from duogpt.runtime.linear import DualSparseLinear, load_packed, save_packed, to_sparse_runtime, use_kernels
+from duogpt.runtime.linear import DualSparseLinear, load_packed, to_sparse_runtime, use_kernels
 
 
 def pruned_tiny(samples, dtype=torch.float32):
     model = tiny_model().to(dtype)
     cfg = PruneConfig(method="duogpt", nsamples=8, seqlen=32, batch_size=4, blocksize=16)
     result = prune_model(model, samples, cfg, progress=False)
+    model.duogpt_report = result
     return model, result.thresholds
+
+
+def save_pruned(model, out):
+    """The model as a pruned checkpoint (weights, packed shards, duogpt.json); returns its sparse_format."""
+    checkpoint.save(model, None, model.duogpt_report, out, base_model="tiny")
+    return checkpoint.read_meta(out)["sparse_format"]
 
 
 def test_sparse_runtime_computes_the_same_model(samples):
@@ -45,10 +52,10 @@ def test_sparse_runtime_computes_the_same_model(samples):
 
 def test_packed_file_round_trip_and_size(samples, tmp_path):
     model, _ = pruned_tiny(samples, torch.bfloat16)
-    path, packed_bytes, dense_bytes = save_packed(model, tmp_path)
-    packed = load_packed(tmp_path)
-    assert len(packed) == 14 and path.is_file()
-    assert packed_bytes < 0.75 * dense_bytes  # 50% weights: half the values plus a 1/16 bitmap
+    info = save_pruned(model, tmp_path / "ckpt")
+    packed = load_packed(tmp_path / "ckpt")
+    assert len(packed) == 14
+    assert info["bytes"] < 0.75 * info["dense_bytes"]  # 50% weights: half the values plus a 1/16 bitmap
     from duogpt.runtime.format import unpack
 
     w = model.model.layers[1].self_attn.q_proj.weight
@@ -57,16 +64,17 @@ def test_packed_file_round_trip_and_size(samples, tmp_path):
 
 def test_damaged_packed_file_is_refused(samples, tmp_path):
     model, _ = pruned_tiny(samples)
-    path, _, _ = save_packed(model, tmp_path)
+    save_pruned(model, tmp_path / "ckpt")
+    path = next((tmp_path / "ckpt").glob("duogpt-sparse-*.safetensors"))
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(UsageError, match="unreadable"):
-        load_packed(tmp_path)
+    with pytest.raises(UsageError, match="truncated or damaged"):
+        load_packed(tmp_path / "ckpt")
 
 
 def test_packed_shape_mismatch_is_refused(samples, tmp_path):
     model, _ = pruned_tiny(samples)
-    save_packed(model, tmp_path)
-    packed = load_packed(tmp_path)
+    save_pruned(model, tmp_path / "ckpt")
+    packed = load_packed(tmp_path / "ckpt")
     packed["layers.0.mlp.down_proj"] = packed["layers.0.mlp.up_proj"]
     with pytest.raises(UsageError, match="has shape"):
         to_sparse_runtime(tiny_model(), packed)

@@ -13,16 +13,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from duogpt.errors import UsageError
-from duogpt.files import atomic_path
 from duogpt.models import find_blocks
 from duogpt.runtime.format import DEFAULT_TILE_ROWS, SparseLinear, pack, validate
 from duogpt.runtime.kernels.cpu import CpuSpMSpV
+from duogpt.shards import ShardReader
 
-SPARSE_FILE = "duogpt-sparse.safetensors"
+PACKED_PREFIX = "duogpt-sparse"  # shards duogpt-sparse-NNNNN.safetensors and their index
+SPARSE_FILE = f"{PACKED_PREFIX}.safetensors"  # the single file of checkpoints written before the shards
 MAX_KERNEL_ROWS = 16
 RUNTIMES = ("dense", "sparse")
 
@@ -91,47 +91,35 @@ def to_sparse_runtime(model: nn.Module, packed: dict[str, SparseLinear] | None =
     return model
 
 
-def save_packed(model: nn.Module, directory: str | Path) -> tuple[Path, int, int]:
-    """Write every pruned linear's packed form to ``directory/duogpt-sparse.safetensors``.
-
-    Returns (path, packed bytes, dense bytes of the same linears).
-    """
-    tensors, packed_bytes, dense_bytes = {}, 0, 0
-    for name, (_, _, linear) in linears_by_name(model).items():
-        sp = (
-            linear.kernel.sp
-            if isinstance(linear, DualSparseLinear)
-            else pack(linear.weight.data.cpu(), choose_tile_rows(linear.out_features))
-        )
-        tensors.update(sp.tensors(prefix=f"{name}."))
-        packed_bytes += sp.nbytes()
-        dense_bytes += linear.weight.numel() * linear.weight.element_size()
-    path = Path(directory) / SPARSE_FILE
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
-    return path, packed_bytes, dense_bytes
+def packed_form(linear: nn.Linear) -> SparseLinear:
+    """The linear's weight in the column-segment format (the runtime's own copy when it has one)."""
+    if isinstance(linear, DualSparseLinear):
+        return linear.kernel.sp
+    return pack(linear.weight.data.cpu(), choose_tile_rows(linear.out_features))
 
 
 def load_packed(directory: str | Path) -> dict[str, SparseLinear] | None:
-    """Read and validate ``duogpt-sparse.safetensors`` if the directory has one."""
-    path = Path(directory) / SPARSE_FILE
-    if not path.is_file():
+    """Read and validate the packed weights (sharded with an index, or one older single file), if any."""
+    directory = Path(directory)
+    if (
+        not (directory / f"{PACKED_PREFIX}.safetensors.index.json").is_file()
+        and not (directory / SPARSE_FILE).is_file()
+    ):
         return None
-    try:
-        tensors = load_file(str(path))
-    except Exception as err:  # safetensors raises several types for a damaged file
-        raise UsageError(
-            f"{path} is unreadable ({type(err).__name__}): delete it to rebuild from the weights"
-        ) from None
+    reader = ShardReader(directory, PACKED_PREFIX)
     out = {}
-    for key in tensors:
+    for key in reader.weight_map:
         if key.endswith(".meta"):
             name = key[: -len(".meta")]
             try:
-                n, k, tile_rows = (int(v) for v in tensors[key].flatten().tolist())
-                arrays = (tensors[f"{name}.bitmaps"], tensors[f"{name}.values"], tensors[f"{name}.offsets"])
-            except (KeyError, ValueError, TypeError):
-                raise UsageError(f"{path}: the entry for {name} is incomplete: delete the file to rebuild it") from None
+                n, k, tile_rows = (int(v) for v in reader.get(key).flatten().tolist())
+                arrays = tuple(reader.get(f"{name}.{part}") for part in ("bitmaps", "values", "offsets"))
+            except UsageError:  # the reader's own message names the damaged shard
+                raise
+            except (ValueError, TypeError):
+                raise UsageError(
+                    f"{directory}: the packed entry for {name} is incomplete or damaged: re-run duogpt prune"
+                ) from None
             sp = SparseLinear(*arrays, (n, k), tile_rows)
             validate(sp)
             out[name] = sp
