@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from duogpt import checkpoint, corpus
 from duogpt.config import PruneConfig
+from duogpt.errors import UsageError
 from duogpt.evaluation.perplexity import peak_rss_mb
-from duogpt.files import check_out_dir, run_lock
-from duogpt.models import load_model, resolve_model_path
+from duogpt.files import check_out_dir, remove_stale_stages, run_lock
+from duogpt.logs import log
+from duogpt.models import load_model, load_skeleton, resolve_model_path
 from duogpt.pruning import preflight
+from duogpt.pruning.offload import OffloadedBlocks, load_offloaded
 from duogpt.pruning.pipeline import prune_model, stream_names
 from duogpt.pruning.resume import work_dir_for
 
@@ -26,6 +30,7 @@ def prune(
     progress: bool = True,
     force: bool = False,
     resume: bool = True,
+    offload: bool | None = None,
     **settings,
 ):
     """Prune ``model`` (hub id, local path, or None for the default) and return it.
@@ -35,36 +40,91 @@ def prune(
     With ``out`` the checkpoint is saved there (an existing one only with ``force``), and the
     state after every block is kept in ``<out>.duogpt-work`` until it is: an interrupted prune
     run again with the same arguments continues from its last finished block
-    (``resume=False`` starts over). The returned model has its sparsifiers installed and the
-    run's report at ``model.duogpt_report``.
+    (``resume=False`` starts over). ``offload=True`` prunes out of core (one block in memory at
+    a time, read from the checkpoint's shards and written to ``out`` as it finishes); None
+    chooses it when the in-memory prune would not fit. The returned model has its sparsifiers
+    installed and the run's report at ``model.duogpt_report``; after an out-of-core prune its
+    blocks are empty (the pruned model is at ``out``).
     """
     cfg = (config or PruneConfig()).replace(**settings)
     if out is None:
-        return _prune(model, cfg, None, device, progress, force)
+        if offload:
+            raise UsageError("an out-of-core prune (--offload) writes its blocks as it goes: give --out DIR")
+        return _prune(model, cfg, _Run(None, device, progress, force, False))
     with run_lock(out, "prune"):
         check_out_dir(out, force)
+        remove_stale_stages(out)
         if not resume:
             shutil.rmtree(work_dir_for(out), ignore_errors=True)
-        return _prune(model, cfg, out, device, progress, force)
+        return _prune(model, cfg, _Run(Path(out), device, progress, force, offload))
 
 
-def _prune(model, cfg: PruneConfig, out, device: str, progress: bool, force: bool):
-    work = None if out is None else work_dir_for(out)
+@dataclass
+class _Run:
+    """How a prune runs (none of it changes the result)."""
+
+    out: Path | None
+    device: str
+    progress: bool
+    force: bool
+    offload: bool | None
+
+
+def _choose_offload(model, cfg: PruneConfig, run: _Run) -> tuple[bool, preflight.Estimate]:
+    """Out of core when asked, or when the in-memory prune would not fit and the out-of-core one does."""
+    skeleton, _, _ = load_skeleton(model, cfg.dtype)
+    streams = len(stream_names(cfg))
+
+    def need(offload: bool) -> preflight.Estimate:
+        return preflight.estimate(skeleton, cfg.nsamples, cfg.seqlen, streams, run.out is not None, offload)
+
+    offload = run.offload
+    if offload is None:
+        offload = (
+            run.out is not None and not preflight.fits_in_memory(need(False)) and preflight.fits_in_memory(need(True))
+        )
+        if offload:
+            log.info(
+                "the model does not fit in memory for an in-memory prune (about %.1f GB): pruning out of core, "
+                "one block at a time (--offload)",
+                need(False).memory / 2**30,
+            )
+    return offload, need(offload)
+
+
+def _prune(model, cfg: PruneConfig, run: _Run):
+    offload, need = _choose_offload(model, cfg, run)
+    preflight.check(need, run.out)
     text = corpus.load_text(cfg.calib, "calib")
-    lm, tokenizer = load_model(model, dtype=cfg.dtype, device=device)
+    if offload:
+        lm, tokenizer, reader, prefix = load_offloaded(model, cfg.dtype)
+    else:
+        lm, tokenizer = load_model(model, dtype=cfg.dtype, device=run.device)
     bos = corpus.bos_token(tokenizer, cfg.bos)
     samples = corpus.calibration_samples(corpus.tokenize(tokenizer, text), cfg.nsamples, cfg.seqlen, cfg.seed, bos)
-    need = preflight.estimate(lm, cfg.nsamples, cfg.seqlen, len(stream_names(cfg)), with_work_dir=out is not None)
-    preflight.check(need, out)
+    work = None if run.out is None else work_dir_for(run.out)
+    base_model = model or resolve_model_path(None)
     torch.manual_seed(cfg.seed)
-    result = prune_model(lm, samples, cfg, progress=progress, work_dir=work)
-    result.resources = {**need.to_json(), "peak_rss_mb": peak_rss_mb()}
-    result.bos_token_id = bos
-    lm.duogpt_report = result
-    if out is not None:
-        checkpoint.save(lm, tokenizer, result, out, base_model=model or resolve_model_path(None), force=force)
+    if offload:
+        with checkpoint.writer(run.out, lm, run.force) as w:
+            blocks_io = OffloadedBlocks(reader, prefix, next(lm.parameters()).dtype, on_done=w.add_block)
+            result = prune_model(lm, samples, cfg, run.progress, work, blocks_io)
+            _report(lm, result, need, bos, offload)
+            w.finish(lm, tokenizer, result, base_model)
+    else:
+        result = prune_model(lm, samples, cfg, progress=run.progress, work_dir=work)
+        _report(lm, result, need, bos, offload)
+        if run.out is not None:
+            checkpoint.save(lm, tokenizer, result, run.out, base_model=base_model, force=run.force)
+    if work is not None:
         shutil.rmtree(work, ignore_errors=True)
     return lm
+
+
+def _report(lm, result, need: preflight.Estimate, bos: int | None, offload: bool) -> None:
+    result.resources = {**need.to_json(), "peak_rss_mb": peak_rss_mb(), "offload": offload}
+    result.bos_token_id = bos
+    lm.duogpt_report = result
 
 
 def load(path: str | Path, device: str = "cpu", runtime: str = "dense"):

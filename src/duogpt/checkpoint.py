@@ -16,7 +16,7 @@ from pathlib import Path
 
 from duogpt.errors import UsageError
 from duogpt.files import check_out_dir, staged_dir
-from duogpt.models import Block, find_blocks, load_model
+from duogpt.models import Block, find_blocks, layers_prefix, load_model
 from duogpt.pruning import sparsify
 from duogpt.pruning.result import PruneResult
 from duogpt.runtime.linear import PACKED_PREFIX, RUNTIMES, load_packed, packed_form, to_sparse_runtime
@@ -26,17 +26,11 @@ META_FILE = "duogpt.json"
 FORMAT_VERSION = 1
 
 
-def layers_prefix(model) -> str:
-    """The qualified name of the decoder-layer list ('model.layers'), the prefix of block tensors."""
-    layers, _ = find_blocks(model)
-    return next(name for name, module in model.named_modules() if module is layers)
-
-
 class CheckpointWriter:
     """The one writer of pruned checkpoints, into a staged directory (see :func:`writer`).
 
-    Blocks are added in order as they finish (weights and packed form, each into its own
-    shards), then :meth:`finish` adds every other tensor, the config, tokenizer and
+    Blocks are added in order as they finish (each block's weights and its packed form are
+    written at once, one shard each), then :meth:`finish` adds every other tensor, the config, tokenizer and
     ``duogpt.json``. The in-memory prune adds all blocks at the end, the out-of-core prune one
     at a time; the files are the same.
     """
@@ -48,12 +42,14 @@ class CheckpointWriter:
         self.packed_bytes = self.dense_bytes = 0
 
     def add_block(self, block: Block) -> None:
-        self.weights.add({f"{self.prefix}.{block.index}.{n}": t for n, t in block.module.state_dict().items()})
+        self.weights.write({f"{self.prefix}.{block.index}.{n}": t for n, t in block.module.state_dict().items()})
+        packed = {}
         for qual, linear in block.linears().items():
             sp = packed_form(linear)
-            self.packed.add(sp.tensors(prefix=f"layers.{block.index}.{qual}."))
+            packed.update(sp.tensors(prefix=f"layers.{block.index}.{qual}."))
             self.packed_bytes += sp.nbytes()
             self.dense_bytes += linear.weight.numel() * linear.weight.element_size()
+        self.packed.write(packed)
 
     def finish(self, model, tokenizer, result: PruneResult, base_model: str) -> None:
         rest, seen = {}, set()
@@ -61,7 +57,7 @@ class CheckpointWriter:
             if not name.startswith(self.prefix + ".") and tensor.data_ptr() not in seen:  # tied: saved once
                 seen.add(tensor.data_ptr())
                 rest[name] = tensor
-        self.weights.add(rest)
+        self.weights.write(rest)
         self.weights.finish()
         self.packed.finish()
         model.config.dtype = str(next(model.parameters()).dtype).replace("torch.", "")

@@ -116,6 +116,12 @@ def find_blocks(model: nn.Module) -> tuple[nn.ModuleList, list[Block]]:
     )
 
 
+def layers_prefix(model) -> str:
+    """The qualified name of the decoder-layer list ('model.layers'), the prefix of block tensors."""
+    layers, _ = find_blocks(model)
+    return next(name for name, module in model.named_modules() if module is layers)
+
+
 def default_model_dir() -> Path:
     """Path of the default model as an ordinary HF checkpoint, converting it once."""
     target = cache_dir() / "models" / DEFAULT_MODEL

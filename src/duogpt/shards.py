@@ -1,12 +1,14 @@
 """Safetensors checkpoints in shards: read one tensor by name without the rest, write shards and an index.
 
 Reading: ``model.safetensors.index.json`` (its ``weight_map`` names each tensor's shard) or a
-single ``model.safetensors``; each tensor is read on its own from the memory-mapped file.
+single ``model.safetensors``; each tensor is read on its own from the memory-mapped file, and
+only one shard is mapped at a time (mapped pages count as resident memory).
 
-Writing: tensors are added in order and flushed to ``<prefix>-NNNNN.safetensors`` whenever the
-pending ones reach ``shard_bytes``, then ``<prefix>.safetensors.index.json`` maps every name to
-its shard. The files depend only on the tensors and the order they are added in, which is how
-the in-memory and the out-of-core prune write the same checkpoint byte for byte.
+Writing: each call writes one shard ``<prefix>-NNNNN.safetensors`` (the pruned checkpoint: one
+per decoder block, then one for the rest), and ``<prefix>.safetensors.index.json`` maps every
+name to its shard. The files depend only on the tensors and the order they are written in,
+which is how the in-memory and the out-of-core prune write the same checkpoint byte for byte;
+nothing is held back, so an out-of-core prune keeps no finished block in memory.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from duogpt.errors import UsageError
-
-SHARD_BYTES = 1 << 30
 
 
 class ShardReader:
@@ -51,6 +51,7 @@ class ShardReader:
 
     def _open(self, file: str):
         if file not in self._handles:
+            self._handles.clear()  # unmap the previous shard
             try:
                 self._handles[file] = safe_open(str(self.directory / file), framework="pt")
             except Exception as err:  # safetensors raises several types for a truncated or damaged file
@@ -80,34 +81,26 @@ class ShardReader:
 
 
 class ShardWriter:
-    """Adds tensors in order, flushing a shard whenever ``shard_bytes`` are pending; ``finish`` writes the index."""
+    """Writes one shard per call, in order; ``finish`` writes the index."""
 
-    def __init__(self, directory: str | Path, prefix: str, shard_bytes: int = SHARD_BYTES):
-        self.directory, self.prefix, self.shard_bytes = Path(directory), prefix, shard_bytes
-        self.pending: dict[str, torch.Tensor] = {}
+    def __init__(self, directory: str | Path, prefix: str):
+        self.directory, self.prefix = Path(directory), prefix
         self.weight_map: dict[str, str] = {}
         self.total = 0
         self.shards = 0
 
-    def add(self, tensors: dict[str, torch.Tensor]) -> None:
-        for name, tensor in tensors.items():
-            self.pending[name] = tensor.detach().contiguous().cpu()
-        if sum(t.numel() * t.element_size() for t in self.pending.values()) >= self.shard_bytes:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.pending:
+    def write(self, tensors: dict[str, torch.Tensor]) -> None:
+        if not tensors:
             return
         self.shards += 1
         file = f"{self.prefix}-{self.shards:05d}.safetensors"
-        save_file(self.pending, str(self.directory / file), metadata={"format": "pt"})
-        for name, tensor in self.pending.items():
+        tensors = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+        save_file(tensors, str(self.directory / file), metadata={"format": "pt"})
+        for name, tensor in tensors.items():
             self.weight_map[name] = file
             self.total += tensor.numel() * tensor.element_size()
-        self.pending = {}
 
     def finish(self) -> Path:
-        self.flush()
         index = self.directory / f"{self.prefix}.safetensors.index.json"
         index.write_text(json.dumps({"metadata": {"total_size": self.total}, "weight_map": self.weight_map}, indent=1))
         return index

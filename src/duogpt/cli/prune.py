@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from duogpt.api import prune
 from duogpt.cli import options
 
@@ -18,6 +20,13 @@ def add(sub) -> None:
     )
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
     p.add_argument(
+        "--offload",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="prune out of core: one block in memory at a time, read from the checkpoint's shards and written "
+        "to --out as it finishes (default: chosen when the in-memory prune would not fit)",
+    )
+    p.add_argument(
         "--no-resume",
         action="store_true",
         help="start over even if an interrupted run left its state in OUT.duogpt-work",
@@ -32,7 +41,7 @@ def run(args) -> int:
     cfg = options.prune_config(args)
     model = prune(
         args.model, cfg, out=args.out, device=args.device, progress=not args.quiet, force=args.force,
-        resume=not args.no_resume,
+        resume=not args.no_resume, offload=args.offload,
     )  # fmt: skip
     print(
         f"pruned with {cfg.method} to {cfg.weight_sparsity:.0%} weights / {cfg.act_sparsity:.0%} activations "

@@ -25,6 +25,7 @@ from duogpt.logs import log
 from duogpt.models import GROUPS, Block, find_blocks
 from duogpt.pruning import solvers, sparsify
 from duogpt.pruning.methods import Method, method_for
+from duogpt.pruning.offload import OffloadedBlocks
 from duogpt.pruning.result import LinearReport, PruneResult
 from duogpt.pruning.resume import WorkDir, fingerprint
 from duogpt.pruning.statistics import DenseRun, capture_inputs, collect, dense_run, group_inputs, run_block
@@ -42,11 +43,14 @@ def prune_model(
     cfg: PruneConfig,
     progress: bool = True,
     work_dir: str | Path | None = None,
+    blocks_io: OffloadedBlocks | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place to dual sparsity; returns thresholds and per-linear reports.
 
     With ``work_dir`` the state after every block is saved there, and a prune that finds a
     state from the same run continues after its last finished block (bit-identical result).
+    With ``blocks_io`` (an out-of-core prune) each block is loaded just before it is pruned
+    and handed on and emptied right after.
     """
     cfg.validate()
     start = time.perf_counter()
@@ -60,7 +64,9 @@ def prune_model(
     first = 0
     saved = work.load() if work is not None else None
     if saved is not None:
-        first = work.restore(blocks, saved, streams, result, device)
+        first = work.restore(saved, streams, result, device)
+        for block in blocks[:first]:
+            _with_block(blocks_io, block, lambda b: work.restore_block(b, device))
         sparsifiers = sparsify.install(model, result.thresholds, cfg.sparsify_prefill)
         start -= saved["seconds"]
         log.info("resuming from block %d of %d (state in %s)", first, len(blocks), work.path)
@@ -68,14 +74,27 @@ def prune_model(
     for block in bar:
         if block.index < first:
             continue
-        _prune_block(model, block, streams, kwargs[block.index], cfg, result)
+        _with_block(blocks_io, block, lambda b: _finish_block(model, b, streams, kwargs, cfg, result, work, start))
         for sp in sparsifiers.values():
             sp.forget()
-        if work is not None:
-            work.save(block, streams, result, time.perf_counter() - start)
     sparsify.reset_counters(model)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _with_block(blocks_io: OffloadedBlocks | None, block: Block, work) -> None:
+    """``work(block)`` with the block's weights in memory (out of core: loaded before, handed on after)."""
+    if blocks_io is not None:
+        blocks_io.load(block)
+    work(block)
+    if blocks_io is not None:
+        blocks_io.done(block)
+
+
+def _finish_block(model, block, streams, kwargs, cfg, result, work: WorkDir | None, start: float) -> None:
+    _prune_block(model, block, streams, kwargs[block.index], cfg, result)
+    if work is not None:
+        work.save(block, streams, result, time.perf_counter() - start)
 
 
 def _prune_block(model, block: Block, streams: dict, kw: list[dict], cfg: PruneConfig, result: PruneResult) -> None:

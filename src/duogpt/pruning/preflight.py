@@ -1,7 +1,8 @@
 """Memory and disk a prune will need, estimated before it starts, and checked against the machine.
 
-Memory: the model, the calibration streams the method carries between blocks, one block's
-group inputs (the dense stream keeps all four groups', the compressed stream one group's,
+Memory: the model (out of core: its non-block weights and one block), the calibration streams
+the method carries between blocks, one block's group inputs (the dense stream keeps all four groups',
+the compressed stream one group's,
 raw and sparsified), the float64 statistics of the widest group (H, G, Xs Xd^T) and the solver's
 copies of the largest weight, plus a fixed allowance for the runtime. Disk: the checkpoint
 (weights, packed sparse weights) and the resumable work directory (streams, block weights).
@@ -30,10 +31,19 @@ class Estimate:
         return {"estimated_memory_mb": self.memory / 2**20, "estimated_disk_mb": self.disk / 2**20}
 
 
-def estimate(model, nsamples: int, seqlen: int, n_streams: int, with_work_dir: bool) -> Estimate:
+def _bytes(params) -> int:
+    return sum(p.numel() * p.element_size() for p in params)
+
+
+def estimate(model, nsamples: int, seqlen: int, n_streams: int, with_work_dir: bool, offload: bool = False) -> Estimate:
+    """Works on a model whose weights are not loaded (meta tensors): only shapes and dtypes are used."""
     _, blocks = find_blocks(model)
     value_bytes = next(model.parameters()).element_size()
-    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    model_bytes = _bytes(model.parameters())
+    resident = model_bytes
+    if offload:
+        block_bytes = _bytes(blocks[0].module.parameters())
+        resident = model_bytes - (len(blocks) - 1) * block_bytes
     hidden = model.config.hidden_size
     tokens = nsamples * seqlen
     stream_bytes = n_streams * tokens * hidden * value_bytes
@@ -42,7 +52,7 @@ def estimate(model, nsamples: int, seqlen: int, n_streams: int, with_work_dir: b
     group_inputs = tokens * 4 * (sum(widths) + 2 * max(widths))  # float32 copies
     stats = 3 * 8 * max(widths) ** 2
     solver = 4 * 8 * biggest
-    memory = model_bytes + stream_bytes + group_inputs + stats + solver + RUNTIME_ALLOWANCE
+    memory = resident + stream_bytes + group_inputs + stats + solver + RUNTIME_ALLOWANCE
     linear_bytes = sum(lin.weight.numel() for b in blocks for lin in b.linears().values()) * value_bytes
     disk = model_bytes + int(linear_bytes * 1.2) + 50 * 2**20  # + packed copy and tokenizer
     if with_work_dir:
@@ -66,6 +76,11 @@ def available_disk(path: str | Path) -> int:
     while not path.exists():
         path = path.parent
     return shutil.disk_usage(path).free
+
+
+def fits_in_memory(est: Estimate) -> bool:
+    free = available_memory()
+    return free is None or est.memory <= free or bool(os.environ.get("DUOGPT_SKIP_RESOURCE_CHECK"))
 
 
 def check(est: Estimate, out: str | Path | None) -> None:

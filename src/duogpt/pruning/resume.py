@@ -38,7 +38,8 @@ def fingerprint(model, samples: torch.Tensor, config: dict) -> str:
     h.update(json.dumps(config, sort_keys=True).encode())
     h.update(samples.cpu().numpy().tobytes())
     h.update(str(model.config.to_dict()).encode())
-    for name, p in sorted(model.state_dict().items())[:4]:  # a cheap check that the weights are the same
+    loaded = [(n, p) for n, p in sorted(model.state_dict().items()) if not p.is_meta]
+    for name, p in loaded[:4]:  # a cheap check that the weights are the same
         h.update(name.encode())
         h.update(p.detach().float().flatten()[:1024].cpu().numpy().tobytes())
     h.update(f"{torch.__version__} {torch.get_num_threads()}".encode())
@@ -96,15 +97,17 @@ class WorkDir:
         with atomic_path(self.path / STATE_FILE) as tmp:
             torch.save(state, tmp)
 
-    def restore(self, blocks: list[Block], saved: dict, streams: dict, result: PruneResult, device) -> int:
-        """Put a saved state back: finished blocks' weights, streams, thresholds, reports. Returns the next block."""
+    def restore_block(self, block: Block, device) -> None:
+        """Put a finished block's pruned weights back (its other weights are the model's own)."""
+        weights = self.block_weights(block.index)
+        for name, linear in block.linears().items():
+            if name not in weights or weights[name].shape != linear.weight.shape:
+                raise UsageError(f"resumable state in {self.path} does not fit the model: delete it to start over")
+            linear.weight.data = weights[name].to(device=device, dtype=linear.weight.dtype)
+
+    def restore(self, saved: dict, streams: dict, result: PruneResult, device) -> int:
+        """Put a saved state back: streams, thresholds, reports, RNG. Returns the next block."""
         first = int(saved["next_block"])
-        for block in blocks[:first]:
-            weights = self.block_weights(block.index)
-            for name, linear in block.linears().items():
-                if name not in weights or weights[name].shape != linear.weight.shape:
-                    raise UsageError(f"resumable state in {self.path} does not fit the model: delete it to start over")
-                linear.weight.data = weights[name].to(device=device, dtype=linear.weight.dtype)
         for name in streams:
             streams[name] = [h.to(device) for h in saved["streams"][name]]
         result.thresholds.update(saved["thresholds"])

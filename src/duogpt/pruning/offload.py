@@ -1,0 +1,90 @@
+"""Out-of-core prunes: the model's blocks live in its checkpoint, one at a time in memory.
+
+The model is built from its config with empty (meta) parameters; the embeddings, final norm
+and LM head are read from the safetensors shards at the start, each decoder block just
+before the pipeline reaches it. A finished block goes to the checkpoint writer and its
+parameters back to the meta device, so the peak is about one block, its statistics, the
+calibration streams and the non-block weights, whatever the model's size.
+
+glibc raises its mmap threshold after large frees, after which freed blocks and solver
+workspaces stay in the heap and the resident size creeps up block after block; an
+out-of-core prune fixes the threshold at 8 MiB so large buffers go back to the system when
+freed (measured: flat at about 1 GB over 8 blocks of a 345 MB model instead of growing to
+1.4 GB, for about 10% more time).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+from accelerate.utils import set_module_tensor_to_device
+
+from duogpt.errors import UsageError
+from duogpt.models import DTYPES, Block, layers_prefix, resolve_model_path, source_dtype
+from duogpt.shards import ShardReader
+
+
+class OffloadedBlocks:
+    """Brings a block's weights in from the shards (``load``) and hands it on and out (``done``)."""
+
+    def __init__(self, reader: ShardReader, prefix: str, dtype: torch.dtype, on_done=None):
+        self.reader, self.prefix, self.dtype, self.on_done = reader, prefix, dtype, on_done
+
+    def load(self, block: Block) -> None:
+        for name, _ in list(block.module.named_parameters()):
+            value = self.reader.get(f"{self.prefix}.{block.index}.{name}", self.dtype)
+            set_module_tensor_to_device(block.module, name, "cpu", value=value)
+
+    def done(self, block: Block) -> None:
+        if self.on_done is not None:
+            self.on_done(block)
+        block.module.to("meta")
+
+
+def local_checkpoint(model: str | None) -> Path:
+    """A local directory with the model's config, tokenizer and safetensors (downloaded for a hub id)."""
+    path = resolve_model_path(model)
+    if Path(path).is_dir():
+        return Path(path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    except Exception as err:  # network or hub failures
+        raise UsageError(f"could not download {path!r} ({type(err).__name__}): check the id and the network") from None
+
+
+def _return_large_buffers() -> None:
+    """Large allocations by mmap (freed straight back to the system): glibc's M_MMAP_THRESHOLD, fixed."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    libc.mallopt(-3, 8 << 20)  # M_MMAP_THRESHOLD = -3
+
+
+def load_offloaded(model: str | None, dtype: str = "auto"):
+    """(model with empty blocks, tokenizer, ShardReader, layers prefix) for an out-of-core prune."""
+    _return_large_buffers()
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = local_checkpoint(model)
+    reader = ShardReader(path)
+    config = AutoConfig.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    value_dtype = DTYPES.get(dtype) or source_dtype(config)
+    with init_empty_weights(include_buffers=False):
+        skeleton = AutoModelForCausalLM.from_config(config, dtype=value_dtype)
+    skeleton.eval()
+    prefix = layers_prefix(skeleton)
+    for name, _ in list(skeleton.named_parameters()):
+        if not name.startswith(prefix + ".") and name in reader:
+            set_module_tensor_to_device(skeleton, name, "cpu", value=reader.get(name, value_dtype))
+    skeleton.tie_weights()
+    missing = [n for n, p in skeleton.named_parameters() if p.is_meta and not n.startswith(prefix + ".")]
+    if missing:
+        raise UsageError(f"{path} has no tensor {missing[0]!r}: the checkpoint does not match its config")
+    return skeleton, tokenizer, reader, prefix
