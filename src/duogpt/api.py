@@ -122,7 +122,7 @@ def _prune(model, cfg: PruneConfig, run: _Run):
 
 
 def _report(lm, result, need: preflight.Estimate, bos: int | None, offload: bool) -> None:
-    result.resources = {**need.to_json(), "peak_rss_mb": peak_rss_mb(), "offload": offload}
+    result.resources = {**need.to_json(), **result.resources, "peak_rss_mb": peak_rss_mb(), "offload": offload}
     result.bos_token_id = bos
     lm.duogpt_report = result
 

@@ -15,7 +15,7 @@ from conftest import tiny_llama_config, tiny_model
 from duogpt.cli import main
 from duogpt.config import PruneConfig
 from duogpt.errors import UsageError
-from duogpt.pruning import pipeline
+from duogpt.pruning import pipeline, resume
 from duogpt.pruning.pipeline import prune_model
 from duogpt.pruning.resume import work_dir_for
 from duogpt.shards import ShardReader
@@ -53,7 +53,8 @@ def test_crash_mid_block_then_resume_is_bit_identical(method, tmp_path, monkeypa
         _crash_at(m, 2, "gate_up")
         with pytest.raises(RuntimeError, match="simulated crash"):
             prune_model(crashed, samples, _cfg(method=method), progress=False, work_dir=work)
-    assert sorted(p.name for p in work.iterdir()) == ["block-0.safetensors", "block-1.safetensors", "state.pt"]
+    names = sorted(p.name for p in work.iterdir())
+    assert names == ["block-0.safetensors", "block-1.safetensors", "state.json", "streams.safetensors"]
 
     resumed = tiny_model(config)  # a fresh process would load the dense model again
     result = prune_model(resumed, samples, _cfg(method=method), progress=False, work_dir=work)
@@ -72,7 +73,7 @@ def test_state_from_another_run_is_refused(tmp_path, monkeypatch):
             prune_model(tiny_model(config), samples, _cfg(), progress=False, work_dir=tmp_path / "w")
     with pytest.raises(UsageError, match="belongs to a different run"):
         prune_model(tiny_model(config), samples, _cfg(weight_sparsity=0.3), progress=False, work_dir=tmp_path / "w")
-    (tmp_path / "w" / "state.pt").write_bytes(b"garbage")
+    (tmp_path / "w" / "streams.safetensors").write_bytes(b"garbage")
     with pytest.raises(UsageError, match="unreadable"):
         prune_model(tiny_model(config), samples, _cfg(), progress=False, work_dir=tmp_path / "w")
 
@@ -93,7 +94,7 @@ def test_determinism_same_run_twice_is_bit_identical():
 KILLER = textwrap.dedent(
     """
     import os, signal, sys
-    from duogpt.pruning import pipeline
+    from duogpt.pruning import pipeline, resume
     from duogpt.cli import main
     real = pipeline._solve_group
     def solve(block, group, *args):
@@ -121,7 +122,7 @@ def test_kill_9_then_same_command_resumes_bit_identical(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     proc = subprocess.run([sys.executable, "-c", KILLER, "prune", *common, "--out", str(out)], env=env)
     assert proc.returncode == -9
-    assert not out.exists() and (work_dir_for(out) / "state.pt").is_file()
+    assert not out.exists() and (work_dir_for(out) / "state.json").is_file()
     assert not list(tmp_path.glob(".resumed.tmp-*"))  # no half-written checkpoint
     assert main(["prune", *common, "--out", str(out)]) == 0
     assert not work_dir_for(out).exists()  # cleared once the checkpoint is complete
@@ -153,3 +154,31 @@ def test_interrupted_prune_says_where_its_state_is(tmp_path, monkeypatch, capsys
     assert main([*args, "--out", str(out), "--quiet"]) == 2
     assert "--force" in capsys.readouterr().err
     assert main([*args, "--out", str(out), "--quiet", "--force"]) == 0
+
+
+def test_large_streams_are_checkpointed_only_when_due_and_resume_redoes_the_rest(tmp_path, monkeypatch):
+    """Past SMALL_STATE the streams are written only when the blocks since took 10x the write; same result."""
+    config = tiny_llama_config(num_hidden_layers=4)
+    samples = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
+    reference = tiny_model(config)
+    expected = prune_model(reference, samples, _cfg(), progress=False)
+    monkeypatch.setattr(resume, "SMALL_STATE", 0)
+    real_save = resume.WorkDir.save
+
+    def slow_to_write(self, *args):
+        real_save(self, *args)
+        self.write_seconds = 1e9  # as if writing the streams took far longer than any block
+
+    work = tmp_path / "work"
+    with monkeypatch.context() as m:
+        m.setattr(resume.WorkDir, "save", slow_to_write)
+        _crash_at(m, 3, "o")
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            prune_model(tiny_model(config), samples, _cfg(), progress=False, work_dir=work)
+    assert json.loads((work / "state.json").read_text())["next_block"] == 1  # blocks 1 and 2 not checkpointed
+    resumed = tiny_model(config)
+    result = prune_model(resumed, samples, _cfg(), progress=False, work_dir=work)
+    assert result.thresholds == expected.thresholds
+    got, want = _weights(resumed), _weights(reference)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert result.resources["work_state_mb"] > 0

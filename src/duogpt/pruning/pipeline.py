@@ -79,6 +79,8 @@ def prune_model(
             sp.forget()
     sparsify.reset_counters(model)
     result.seconds = time.perf_counter() - start
+    if work is not None:
+        result.resources["work_state_mb"] = work.state_bytes / 2**20  # the largest resumable state written
     return result
 
 

@@ -1,16 +1,22 @@
-"""Resumable prunes: the state of a prune after each finished block, kept in a work directory.
+"""Resumable prunes: the state of a prune after finished blocks, kept in a work directory.
 
 After block ``i`` the work directory holds ``block-{i}.safetensors`` (that block's pruned
-linear weights) and ``state.pt`` (the calibration streams entering block ``i + 1``, the
-thresholds and reports so far, the RNG state). Both are replaced atomically, so a kill at
-any moment leaves either the previous or the new state. A fingerprint of the model, the
-samples and the settings guards against resuming a different run.
+linear weights). Every few blocks it also records a checkpoint of the run: ``streams.safetensors``
+(the calibration streams entering the next block, in their own dtype, and the RNG state) and
+``state.json`` (thresholds and reports so far, the next block, a fingerprint). The streams
+are written when they are small (under ``SMALL_STATE``) or when the blocks since the last
+checkpoint took at least ten times as long as writing it, so a large calibration set costs
+at most about a tenth more; a resume redoes the blocks after the last checkpoint, and since
+a prune is deterministic its result is the same. Every file is replaced atomically
+(``state.json`` last), so a kill at any moment leaves the previous or the new checkpoint. A
+fingerprint of the model, the samples and the settings guards against resuming a different run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,10 +25,13 @@ from safetensors.torch import load_file, save_file
 
 from duogpt.errors import UsageError
 from duogpt.files import atomic_path
+from duogpt.logs import log
 from duogpt.models import Block
 from duogpt.pruning.result import LinearReport, PruneResult
 
-STATE_FILE = "state.pt"
+STATE_FILE = "state.json"
+STREAMS_FILE = "streams.safetensors"
+SMALL_STATE = 256 * 2**20  # streams below this are saved after every block
 WORK_SUFFIX = ".duogpt-work"
 
 
@@ -50,23 +59,31 @@ class WorkDir:
     def __init__(self, path: str | Path, fingerprint: str):
         self.path = Path(path)
         self.fingerprint = fingerprint
+        self.since = time.perf_counter()  # when the last checkpoint was written
+        self.write_seconds = 0.0  # how long writing it took
+        self.state_bytes = 0  # the largest checkpoint so far
 
     def load(self) -> dict | None:
-        """The saved state, or None when there is none; refuses a state from another run."""
+        """The saved state (with its streams), or None when there is none; refuses a state from another run."""
         state_path = self.path / STATE_FILE
         if not state_path.is_file():
             return None
         try:
-            state = torch.load(state_path, weights_only=True)
+            state = json.loads(state_path.read_text())
+            tensors = load_file(str(self.path / STREAMS_FILE))
         except Exception as err:  # a damaged file: say so rather than resume from it
             raise UsageError(
-                f"resumable state {state_path} is unreadable ({type(err).__name__}): delete {self.path} to start over"
+                f"resumable state in {self.path} is unreadable ({type(err).__name__}): delete it to start over"
             ) from None
         if state.get("fingerprint") != self.fingerprint:
             raise UsageError(
                 f"resumable state in {self.path} belongs to a different run (model, samples, settings or thread "
                 "count differ): rerun with the same settings, or delete it to start over"
             )
+        state["rng"] = tensors.pop("rng")
+        state["streams"] = {}
+        for key in sorted(tensors, key=lambda k: (k.split(".")[0], int(k.split(".")[1]))):
+            state["streams"].setdefault(key.split(".")[0], []).append(tensors[key])
         return state
 
     def block_weights(self, index: int) -> dict[str, torch.Tensor]:
@@ -79,23 +96,32 @@ class WorkDir:
             ) from None
 
     def save(self, block: Block, streams: dict, result: PruneResult, seconds: float) -> None:
-        """Record ``block`` as finished: its weights first, then the state that points past it."""
+        """Record ``block`` as finished: its weights, and a checkpoint of the run when it is due."""
         self.path.mkdir(parents=True, exist_ok=True)
         weights = {name: lin.weight.data.contiguous().cpu() for name, lin in block.linears().items()}
         with atomic_path(self.path / f"block-{block.index}.safetensors") as tmp:
             save_file(weights, str(tmp))
+        size = sum(h.numel() * h.element_size() for hs in streams.values() for h in hs)
+        if size >= SMALL_STATE and time.perf_counter() - self.since < 10 * self.write_seconds:
+            return  # redoing these blocks on a resume costs less than a tenth more than writing now
+        t0 = time.perf_counter()
+        tensors = {f"{name}.{i}": h.contiguous().cpu() for name, hs in streams.items() for i, h in enumerate(hs)}
+        tensors["rng"] = torch.get_rng_state()
+        with atomic_path(self.path / STREAMS_FILE) as tmp:
+            save_file(tensors, str(tmp))
         state = {
-            "streams": {name: [h.cpu() for h in hs] for name, hs in streams.items()},
-            "thresholds": dict(result.thresholds),
-            "calib_act_sparsity": dict(result.calib_act_sparsity),
+            "thresholds": result.thresholds,
+            "calib_act_sparsity": result.calib_act_sparsity,
             "linears": [asdict(r) for r in result.linears],
             "seconds": seconds,
-            "rng": torch.get_rng_state(),
             "fingerprint": self.fingerprint,
             "next_block": block.index + 1,
         }
         with atomic_path(self.path / STATE_FILE) as tmp:
-            torch.save(state, tmp)
+            tmp.write_text(json.dumps(state))
+        self.since, self.write_seconds = time.perf_counter(), time.perf_counter() - t0
+        self.state_bytes = max(self.state_bytes, size)
+        log.debug("state after block %d: %.1f MB of streams in %.2f s", block.index, size / 2**20, self.write_seconds)
 
     def restore_block(self, block: Block, device) -> None:
         """Put a finished block's pruned weights back (its other weights are the model's own)."""
