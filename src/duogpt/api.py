@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from duogpt.files import check_out_dir, remove_stale_stages, run_lock
 from duogpt.logs import log
 from duogpt.models import load_model, load_skeleton, resolve_model_path
 from duogpt.pruning import preflight
+from duogpt.pruning.distributed import barrier, world
 from duogpt.pruning.offload import OffloadedBlocks, load_offloaded
 from duogpt.pruning.pipeline import prune_model, stream_names
 from duogpt.pruning.resume import work_dir_for
@@ -51,12 +53,17 @@ def prune(
         if offload:
             raise UsageError("an out-of-core prune (--offload) writes its blocks as it goes: give --out DIR")
         return _prune(model, cfg, _Run(None, device, progress, force, False))
+    run = _Run(Path(out), device, progress, force, offload)
+    if world()[0] != 0:  # rank 0 holds the lock, cleans up and writes; the others compute beside it
+        barrier()
+        return _prune(model, cfg, run)
     with run_lock(out, "prune"):
         check_out_dir(out, force)
         remove_stale_stages(out)
         if not resume:
             shutil.rmtree(work_dir_for(out), ignore_errors=True)
-        return _prune(model, cfg, _Run(Path(out), device, progress, force, offload))
+        barrier()
+        return _prune(model, cfg, run)
 
 
 @dataclass
@@ -105,24 +112,28 @@ def _prune(model, cfg: PruneConfig, run: _Run):
     work = None if run.out is None else work_dir_for(run.out)
     base_model = model or resolve_model_path(None)
     torch.manual_seed(cfg.seed)
+    writes = world()[0] == 0
     if offload:
-        with checkpoint.writer(run.out, lm, run.force) as w:
-            blocks_io = OffloadedBlocks(reader, prefix, next(lm.parameters()).dtype, on_done=w.add_block)
+        with checkpoint.writer(run.out, lm, run.force) if writes else contextlib.nullcontext() as w:
+            on_done = w.add_block if writes else None
+            blocks_io = OffloadedBlocks(reader, prefix, next(lm.parameters()).dtype, on_done=on_done)
             result = prune_model(lm, samples, cfg, run.progress, work, blocks_io)
             _report(lm, result, need, bos, offload)
-            w.finish(lm, tokenizer, result, base_model)
+            if writes:
+                w.finish(lm, tokenizer, result, base_model)
     else:
         result = prune_model(lm, samples, cfg, progress=run.progress, work_dir=work)
         _report(lm, result, need, bos, offload)
-        if run.out is not None:
+        if run.out is not None and writes:
             checkpoint.save(lm, tokenizer, result, run.out, base_model=base_model, force=run.force)
-    if work is not None:
+    if work is not None and writes:
         shutil.rmtree(work, ignore_errors=True)
     return lm
 
 
 def _report(lm, result, need: preflight.Estimate, bos: int | None, offload: bool) -> None:
     result.resources = {**need.to_json(), **result.resources, "peak_rss_mb": peak_rss_mb(), "offload": offload}
+    result.resources["world_size"] = world()[1]
     result.bos_token_id = bos
     lm.duogpt_report = result
 

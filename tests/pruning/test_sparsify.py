@@ -21,7 +21,7 @@ def test_threshold_hits_target_on_calibration_data(p):
 
 
 def test_threshold_on_large_input_uses_sample_within_one_percent(monkeypatch):
-    monkeypatch.setattr(sparsify, "_MAX_QUANTILE_SAMPLES", 10_000)
+    monkeypatch.setattr(sparsify, "MAX_QUANTILE_SAMPLES", 10_000)
     x = torch.randn(200, 1000, generator=torch.Generator().manual_seed(0))
     tau = sparsify.calibrate_threshold([x], 0.5)
     assert abs(float((sparsify.sparsify(x, tau) == 0).float().mean()) - 0.5) < 0.01

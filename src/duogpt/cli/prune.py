@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
+import torch.distributed as dist
+
+from duogpt import logs
 from duogpt.api import prune
 from duogpt.cli import options
+from duogpt.pruning import distributed
 
 
 def add(sub) -> None:
@@ -38,13 +43,27 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
+    """One prune; under torchrun every process runs this, rank 0 logs, prints and writes."""
     cfg = options.prune_config(args)
+    joined = distributed.init_from_env(args.device)
+    try:
+        return _run(args, cfg)
+    finally:
+        if joined:
+            dist.destroy_process_group()
+
+
+def _run(args, cfg) -> int:
+    lead = distributed.world()[0] == 0
+    if not lead:
+        logs.log.setLevel(logging.WARNING)
     model = prune(
-        args.model, cfg, out=args.out, device=args.device, progress=not args.quiet, force=args.force,
+        args.model, cfg, out=args.out, device=args.device, progress=not args.quiet and lead, force=args.force,
         resume=not args.no_resume, offload=args.offload,
     )  # fmt: skip
-    print(
-        f"pruned with {cfg.method} to {cfg.weight_sparsity:.0%} weights / {cfg.act_sparsity:.0%} activations "
-        f"in {model.duogpt_report.seconds:.1f} s -> {args.out}"
-    )
+    if lead:
+        print(
+            f"pruned with {cfg.method} to {cfg.weight_sparsity:.0%} weights / {cfg.act_sparsity:.0%} activations "
+            f"in {model.duogpt_report.seconds:.1f} s -> {args.out}"
+        )
     return 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from duogpt.errors import UsageError
 from duogpt.logs import log
 from duogpt.models import GROUPS, Block, find_blocks
 from duogpt.pruning import solvers, sparsify
+from duogpt.pruning.distributed import all_sum_floats, global_values, my_chunks, share, share_object, world
 from duogpt.pruning.methods import Method, method_for
 from duogpt.pruning.offload import OffloadedBlocks
 from duogpt.pruning.result import LinearReport, PruneResult
@@ -57,7 +58,9 @@ def prune_model(
     _, blocks = find_blocks(model)
     device = next(model.parameters()).device
     work = None if work_dir is None else WorkDir(work_dir, fingerprint(model, samples, asdict(cfg)))
-    hidden, kwargs = capture_inputs(model, list(samples.to(device).split(cfg.batch_size)))
+    split = _Split.of(samples, cfg.batch_size)
+    chunks = samples.to(device).split(cfg.batch_size)
+    hidden, kwargs = capture_inputs(model, [chunks[c] for c in split.mine])
     streams = {name: list(hidden) for name in stream_names(cfg)}
     result = PruneResult(cfg, thresholds={})
     sparsifiers = sparsify.install(model, {}, cfg.sparsify_prefill)
@@ -70,11 +73,14 @@ def prune_model(
         sparsifiers = sparsify.install(model, result.thresholds, cfg.sparsify_prefill)
         start -= saved["seconds"]
         log.info("resuming from block %d of %d (state in %s)", first, len(blocks), work.path)
-    bar = tqdm(blocks, desc=f"{cfg.method} {cfg.weight_sparsity:.0%}/{cfg.act_sparsity:.0%}", disable=not progress)
+    desc = f"{cfg.method} {cfg.weight_sparsity:.0%}/{cfg.act_sparsity:.0%}"
+    bar = tqdm(blocks, desc=desc, disable=not progress or world()[0] != 0)
     for block in bar:
         if block.index < first:
             continue
-        _with_block(blocks_io, block, lambda b: _finish_block(model, b, streams, kwargs, cfg, result, work, start))
+        _with_block(
+            blocks_io, block, lambda b: _finish_block(model, b, streams, kwargs, cfg, result, work, start, split)
+        )
         for sp in sparsifiers.values():
             sp.forget()
     sparsify.reset_counters(model)
@@ -82,6 +88,25 @@ def prune_model(
     if work is not None:
         result.resources["work_state_mb"] = work.state_bytes / 2**20  # the largest resumable state written
     return result
+
+
+@dataclass(frozen=True)
+class _Split:
+    """The calibration chunks (the single-process batches): tokens of each, and this rank's share."""
+
+    chunk_tokens: tuple[int, ...]
+    mine: tuple[int, ...]
+
+    @staticmethod
+    def of(samples: torch.Tensor, batch_size: int) -> _Split:
+        chunks = samples.split(batch_size)
+        rank, size = world()
+        if len(chunks) < size:
+            raise UsageError(
+                f"{len(chunks)} calibration batch(es) for {size} processes: give more --nsamples or a smaller "
+                "--batch-size (each process needs a batch), or run fewer processes"
+            )
+        return _Split(tuple(c.numel() for c in chunks), tuple(my_chunks(len(chunks))))
 
 
 def _with_block(blocks_io: OffloadedBlocks | None, block: Block, work) -> None:
@@ -93,13 +118,13 @@ def _with_block(blocks_io: OffloadedBlocks | None, block: Block, work) -> None:
         blocks_io.done(block)
 
 
-def _finish_block(model, block, streams, kwargs, cfg, result, work: WorkDir | None, start: float) -> None:
-    _prune_block(model, block, streams, kwargs[block.index], cfg, result)
+def _finish_block(model, block, streams, kwargs, cfg, result, work: WorkDir | None, start: float, split) -> None:
+    _prune_block(model, block, streams, kwargs[block.index], cfg, result, split)
     if work is not None:
         work.save(block, streams, result, time.perf_counter() - start)
 
 
-def _prune_block(model, block: Block, streams: dict, kw: list[dict], cfg: PruneConfig, result: PruneResult) -> None:
+def _prune_block(model, block: Block, streams: dict, kw: list[dict], cfg: PruneConfig, result, split) -> None:
     """Calibrate and prune one block group by group, then move every stream past it."""
     method = method_for(cfg.method, cfg.hessian)
     dense = None
@@ -107,7 +132,7 @@ def _prune_block(model, block: Block, streams: dict, kw: list[dict], cfg: PruneC
         dense = dense_run(block, streams["dense"], kw)
         streams["dense"] = dense.outputs
     for group in GROUPS:
-        xs = _calibrate_threshold(model, block, group, streams, kw, cfg, result) if "comp" in streams else None
+        xs = _calibrate_threshold(model, block, group, streams, kw, cfg, result, split) if "comp" in streams else None
         fit = xs
         if "calib" in streams:
             with sparsify.disabled(model):
@@ -122,17 +147,24 @@ def _prune_block(model, block: Block, streams: dict, kw: list[dict], cfg: PruneC
             streams["calib"] = run_block(block.module, streams["calib"], kw)
 
 
-def _calibrate_threshold(model, block, group, streams, kw, cfg, result) -> list[torch.Tensor]:
+def _calibrate_threshold(model, block, group, streams, kw, cfg, result, split) -> list[torch.Tensor]:
     """Set the group's threshold on the compressed stream; returns its sparsified inputs."""
     name = f"layers.{block.index}.{group}"
     raw = group_inputs(block, group, streams["comp"], kw)
-    tau = sparsify.calibrate_threshold(raw, cfg.act_sparsity, cfg.seed)
+    if world()[1] == 1:
+        tau = sparsify.calibrate_threshold(raw, cfg.act_sparsity, cfg.seed)
+    else:  # the values one process would see, gathered from the ranks
+        width = next(iter(block.groups[group].values())).in_features
+        local = [x.detach().reshape(-1).abs().float().cpu() for x in raw]
+        sizes = [t * width for t in split.chunk_tokens]
+        values = global_values(local, sizes, split.mine, sparsify.MAX_QUANTILE_SAMPLES, cfg.seed)
+        tau = sparsify.kth_threshold(values, cfg.act_sparsity) if cfg.act_sparsity > 0 else 0.0
     result.thresholds[name] = tau
     sparsify.install(model, {name: tau}, cfg.sparsify_prefill)
     xs = [sparsify.sparsify(x, tau) for x in raw]
     del raw
-    zeros = sum(int((x == 0).sum()) for x in xs)
-    result.calib_act_sparsity[name] = zeros / sum(x.numel() for x in xs)
+    zeros, total = all_sum_floats([sum(int((x == 0).sum()) for x in xs), sum(x.numel() for x in xs)])
+    result.calib_act_sparsity[name] = zeros / total
     return xs
 
 
@@ -141,16 +173,22 @@ def _solve_group(block, group, method: Method, cfg, inputs, dense: DenseRun | No
     stats = collect(method.statistics, inputs, dense, group)
     pattern = solvers.parse_pattern(cfg.pattern)
     parent = GROUPS[group][0]
-    for lname, linear in block.groups[group].items():
-        for part in block.parts(lname, linear):
-            t0 = time.perf_counter()
-            rows = linear.weight.data[part.start : part.stop]
-            full = f"layers.{block.index}.{parent}.{part.name}"
+    parts = [(linear, part) for lname, linear in block.groups[group].items() for part in block.parts(lname, linear)]
+    rank, size = world()
+    for i, (linear, part) in enumerate(parts):  # with several processes, part i is solved by rank i % size
+        t0 = time.perf_counter()
+        rows = linear.weight.data[part.start : part.stop]
+        full = f"layers.{block.index}.{parent}.{part.name}"
+        if i % size == rank:
             new, err = _solve_part(method, rows, stats, cfg, pattern, full, part.name)
-            rows.copy_(new)
-            sparsity = float((rows == 0).float().mean())
-            result.linears.append(LinearReport(full, sparsity, err, time.perf_counter() - t0))
-            log.info("%-28s sparsity %.3f  rel. error %s", full, sparsity, "n/a" if err is None else f"{err:.4f}")
+        else:
+            new, err = torch.empty_like(rows), None
+        new = share(new.contiguous(), i % size)
+        err, seconds = share_object((err, time.perf_counter() - t0), i % size)
+        rows.copy_(new)
+        sparsity = float((rows == 0).float().mean())
+        result.linears.append(LinearReport(full, sparsity, err, seconds))
+        log.info("%-28s sparsity %.3f  rel. error %s", full, sparsity, "n/a" if err is None else f"{err:.4f}")
 
 
 def _solve_part(method: Method, W, stats, cfg, pattern, full: str, name: str) -> tuple[torch.Tensor, float | None]:

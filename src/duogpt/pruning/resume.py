@@ -27,6 +27,7 @@ from duogpt.errors import UsageError
 from duogpt.files import atomic_path
 from duogpt.logs import log
 from duogpt.models import Block
+from duogpt.pruning.distributed import barrier, share_object, world
 from duogpt.pruning.result import LinearReport, PruneResult
 
 STATE_FILE = "state.json"
@@ -51,8 +52,14 @@ def fingerprint(model, samples: torch.Tensor, config: dict) -> str:
     for name, p in loaded[:4]:  # a cheap check that the weights are the same
         h.update(name.encode())
         h.update(p.detach().float().flatten()[:1024].cpu().numpy().tobytes())
-    h.update(f"{torch.__version__} {torch.get_num_threads()}".encode())
+    h.update(f"{torch.__version__} {torch.get_num_threads()} {world()[1]}".encode())
     return h.hexdigest()
+
+
+def streams_file() -> str:
+    """This process's streams file (one per rank when there are several)."""
+    rank, size = world()
+    return STREAMS_FILE if size == 1 else f"streams-rank{rank}.safetensors"
 
 
 class WorkDir:
@@ -70,7 +77,7 @@ class WorkDir:
             return None
         try:
             state = json.loads(state_path.read_text())
-            tensors = load_file(str(self.path / STREAMS_FILE))
+            tensors = load_file(str(self.path / streams_file()))
         except Exception as err:  # a damaged file: say so rather than resume from it
             raise UsageError(
                 f"resumable state in {self.path} is unreadable ({type(err).__name__}): delete it to start over"
@@ -96,19 +103,30 @@ class WorkDir:
             ) from None
 
     def save(self, block: Block, streams: dict, result: PruneResult, seconds: float) -> None:
-        """Record ``block`` as finished: its weights, and a checkpoint of the run when it is due."""
+        """Record ``block`` as finished: its weights, and a checkpoint of the run when it is due.
+
+        With several processes rank 0 writes the weights and ``state.json``, every rank its own
+        streams, and rank 0 decides for all whether the checkpoint is due.
+        """
+        rank, _ = world()
         self.path.mkdir(parents=True, exist_ok=True)
-        weights = {name: lin.weight.data.contiguous().cpu() for name, lin in block.linears().items()}
-        with atomic_path(self.path / f"block-{block.index}.safetensors") as tmp:
-            save_file(weights, str(tmp))
+        if rank == 0:
+            weights = {name: lin.weight.data.contiguous().cpu() for name, lin in block.linears().items()}
+            with atomic_path(self.path / f"block-{block.index}.safetensors") as tmp:
+                save_file(weights, str(tmp))
         size = sum(h.numel() * h.element_size() for hs in streams.values() for h in hs)
-        if size >= SMALL_STATE and time.perf_counter() - self.since < 10 * self.write_seconds:
+        due = size < SMALL_STATE or time.perf_counter() - self.since >= 10 * self.write_seconds
+        if not share_object(due, 0):
             return  # redoing these blocks on a resume costs less than a tenth more than writing now
         t0 = time.perf_counter()
         tensors = {f"{name}.{i}": h.contiguous().cpu() for name, hs in streams.items() for i, h in enumerate(hs)}
         tensors["rng"] = torch.get_rng_state()
-        with atomic_path(self.path / STREAMS_FILE) as tmp:
+        with atomic_path(self.path / streams_file()) as tmp:
             save_file(tensors, str(tmp))
+        barrier()  # every rank's streams are in place before the state points past this block
+        if rank != 0:
+            self.since, self.write_seconds = time.perf_counter(), time.perf_counter() - t0
+            return
         state = {
             "thresholds": result.thresholds,
             "calib_act_sparsity": result.calib_act_sparsity,

@@ -19,7 +19,7 @@ from duogpt import checks
 from duogpt.errors import UsageError
 from duogpt.models import GROUPS, find_blocks
 
-_MAX_QUANTILE_SAMPLES = 1 << 22
+MAX_QUANTILE_SAMPLES = 1 << 22
 
 
 def calibrate_threshold(chunks: Iterable[torch.Tensor], p: float, seed: int = 0) -> float:
@@ -31,9 +31,14 @@ def calibrate_threshold(chunks: Iterable[torch.Tensor], p: float, seed: int = 0)
     if p == 0:
         return 0.0
     values = torch.cat([c.detach().reshape(-1).abs().float().cpu() for c in chunks])
-    if values.numel() > _MAX_QUANTILE_SAMPLES:
+    if values.numel() > MAX_QUANTILE_SAMPLES:
         gen = torch.Generator().manual_seed(seed)
-        values = values[torch.randint(0, values.numel(), (_MAX_QUANTILE_SAMPLES,), generator=gen)]
+        values = values[torch.randint(0, values.numel(), (MAX_QUANTILE_SAMPLES,), generator=gen)]
+    return kth_threshold(values, p)
+
+
+def kth_threshold(values: torch.Tensor, p: float) -> float:
+    """The k-th smallest of ``values`` (|x|) with k = round(p * n), at least 1."""
     k = max(1, round(p * values.numel()))
     return float(torch.kthvalue(values, k).values)
 

@@ -8,7 +8,9 @@ statistics are sums over chunks in float64:
 - ``dense_H = Xd Xd^T`` (the dense-Hessian ablation), ``norms2_j = ||X_j||^2`` (Wanda),
 - ``out_norm2[linear] = ||W Xd||^2`` over all tokens (the scale of the dense target).
 
-The solves that use them are pure functions (``duogpt.pruning.solvers``).
+With several processes every sum also runs over the other ranks' chunks
+(``duogpt.pruning.distributed``). The solves that use them are pure functions
+(``duogpt.pruning.solvers``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from torch import nn
 
 from duogpt.models import GROUPS, Block, find_blocks
+from duogpt.pruning.distributed import all_sum, all_sum_floats
 
 
 class _Stop(Exception):
@@ -123,6 +126,8 @@ def dense_run(block: Block, hidden: list[torch.Tensor], kwargs: list[dict]) -> D
     finally:
         for h in handles:
             h.remove()
+    names = sorted(run.out_norm2)
+    run.out_norm2 = dict(zip(names, all_sum_floats([run.out_norm2[n] for n in names]), strict=True))
     return run
 
 
@@ -152,14 +157,14 @@ def collect(needed: frozenset[str], inputs: list[torch.Tensor], dense: DenseRun 
     """The statistics named in ``needed`` from the fit inputs and (DuoGPT) the dense run."""
     stats = Statistics(out_norm2=dense.out_norm2 if dense is not None else {})
     if "H" in needed:
-        stats.H = gram(inputs)
+        stats.H = all_sum(gram(inputs))
     if "cross" in needed:
-        stats.cross = gram(inputs, dense.inputs[group])  # Xs Xd^T
+        stats.cross = all_sum(gram(inputs, dense.inputs[group]))  # Xs Xd^T
         stats.G = stats.cross.T - stats.H  # (Xd - Xs) Xs^T
     if "norms2" in needed:
-        stats.norms2 = sum((x.double() ** 2).sum(0) for x in inputs)
+        stats.norms2 = all_sum(sum((x.double() ** 2).sum(0) for x in inputs))
     if "dense_H" in needed:
-        stats.dense_H = gram(dense.inputs[group])
+        stats.dense_H = all_sum(gram(dense.inputs[group]))
     return stats
 
 

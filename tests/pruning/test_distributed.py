@@ -1,0 +1,61 @@
+"""Several processes (torchrun, gloo): the same prune as one process, split over the ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import byte_tokenizer, tiny_llama_config, tiny_model
+from duogpt.shards import ShardReader
+
+DUOGPT = str(Path(sys.executable).parent / "duogpt")
+
+
+def _prune(nproc: int, src, text, out, *extra) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # the same threads per process in both runs
+    args = ["prune", str(src), "--calib", str(text), "--out", str(out), "--nsamples", "4", "--seqlen", "32"]
+    args += ["--batch-size", "1", "--quiet", *extra]
+    if nproc == 1:
+        return subprocess.run([DUOGPT, *args], env=env, capture_output=True, text=True)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--no-python"]
+    return subprocess.run([*launcher, DUOGPT, *args], env=env, capture_output=True, text=True)
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    reader = ShardReader(path)
+    return {k: reader.get(k) for k in reader.weight_map}
+
+
+@pytest.mark.parametrize("method", ["duogpt", "wanda"])
+def test_two_processes_equal_one(method, tmp_path, text_file):
+    src = tmp_path / "src"
+    tiny_model(tiny_llama_config(num_hidden_layers=3)).save_pretrained(src)
+    byte_tokenizer().save_pretrained(src)
+    one = _prune(1, src, text_file, tmp_path / "one", "--method", method)
+    two = _prune(2, src, text_file, tmp_path / "two", "--method", method)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout.count("pruned with") == 1  # only rank 0 reports
+    meta1, meta2 = (json.loads((tmp_path / d / "duogpt.json").read_text()) for d in ("one", "two"))
+    assert meta1["thresholds"] == meta2["thresholds"]
+    assert meta2["resources"]["world_size"] == 2 and meta1["resources"]["world_size"] == 1
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for name in a:
+        assert torch.equal(a[name] == 0, b[name] == 0), name  # identical masks
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6)
+
+
+def test_a_failing_rank_stops_the_run_with_one_line(tmp_path, text_file):
+    src = tmp_path / "src"
+    tiny_model(tiny_llama_config(num_hidden_layers=2)).save_pretrained(src)
+    byte_tokenizer().save_pretrained(src)
+    run = _prune(2, src, text_file, tmp_path / "out", "--nsamples", "1")  # 1 batch for 2 processes
+    assert run.returncode != 0
+    lines = [line for line in run.stderr.splitlines() if line.startswith("duogpt prune: error:")]
+    assert lines and "for 2 processes" in lines[0]
+    assert not (tmp_path / "out").exists()
