@@ -59,3 +59,41 @@ def test_a_failing_rank_stops_the_run_with_one_line(tmp_path, text_file):
     lines = [line for line in run.stderr.splitlines() if line.startswith("duogpt prune: error:")]
     assert lines and "for 2 processes" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+KILL_RANK0_IN_BLOCK_2 = """
+import os, signal, sys
+import torch.distributed as dist
+from duogpt.cli import main
+from duogpt.pruning import pipeline
+real = pipeline._solve_group
+def solve(block, group, *args):
+    if block.index == 2 and group == "o" and dist.get_rank() == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(block, group, *args)
+pipeline._solve_group = solve
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill_9_of_a_rank_then_the_same_command_resumes_identically(tmp_path, text_file):
+    src = tmp_path / "src"
+    tiny_model(tiny_llama_config(num_hidden_layers=4)).save_pretrained(src)
+    byte_tokenizer().save_pretrained(src)
+    assert _prune(2, src, text_file, tmp_path / "straight").returncode == 0
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILL_RANK0_IN_BLOCK_2)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = ["prune", str(src), "--calib", str(text_file), "--out", str(tmp_path / "resumed"), "--nsamples", "4"]
+    args += ["--seqlen", "32", "--batch-size", "1", "--quiet"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    killed = subprocess.run([*launcher, str(killer), *args], env=env, capture_output=True, text=True)
+    assert killed.returncode != 0 and not (tmp_path / "resumed").exists()
+    work = tmp_path / "resumed.duogpt-work"
+    assert {"streams-rank0.safetensors", "streams-rank1.safetensors", "state.json"} <= {p.name for p in work.iterdir()}
+    assert _prune(2, src, text_file, tmp_path / "resumed").returncode == 0
+    assert not work.exists()
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    thresholds = [json.loads((tmp_path / d / "duogpt.json").read_text())["thresholds"] for d in ("straight", "resumed")]
+    assert thresholds[0] == thresholds[1]
