@@ -10,6 +10,7 @@ block's activations are held at a time.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -78,9 +79,15 @@ def prune_model(
     for block in bar:
         if block.index < first:
             continue
+        result.block_seconds.append({"block": block.index})
+        t0 = time.perf_counter()
         _with_block(
-            blocks_io, block, lambda b: _finish_block(model, b, streams, kwargs, cfg, result, work, start, split)
+            blocks_io,
+            block,
+            lambda b: _finish_block(model, b, streams, kwargs, cfg, result, work, start, split),
+            result,
         )
+        result.block_seconds[-1]["total"] = time.perf_counter() - t0
         for sp in sparsifiers.values():
             sp.forget()
     sparsify.reset_counters(model)
@@ -109,19 +116,23 @@ class _Split:
         return _Split(tuple(c.numel() for c in chunks), tuple(my_chunks(len(chunks))))
 
 
-def _with_block(blocks_io: OffloadedBlocks | None, block: Block, work) -> None:
+def _with_block(blocks_io: OffloadedBlocks | None, block: Block, work, result: PruneResult | None = None) -> None:
     """``work(block)`` with the block's weights in memory (out of core: loaded before, handed on after)."""
+    timed = result.timed if result is not None else lambda _phase: contextlib.nullcontext()
     if blocks_io is not None:
-        blocks_io.load(block)
+        with timed("io"):
+            blocks_io.load(block)
     work(block)
     if blocks_io is not None:
-        blocks_io.done(block)
+        with timed("io"):
+            blocks_io.done(block)
 
 
 def _finish_block(model, block, streams, kwargs, cfg, result, work: WorkDir | None, start: float, split) -> None:
     _prune_block(model, block, streams, kwargs[block.index], cfg, result, split)
     if work is not None:
-        work.save(block, streams, result, time.perf_counter() - start)
+        with result.timed("io"):
+            work.save(block, streams, result, time.perf_counter() - start)
 
 
 def _prune_block(model, block: Block, streams: dict, kw: list[dict], cfg: PruneConfig, result, split) -> None:
@@ -129,36 +140,33 @@ def _prune_block(model, block: Block, streams: dict, kw: list[dict], cfg: PruneC
     method = method_for(cfg.method, cfg.hessian)
     dense = None
     if "dense" in streams:
-        dense = dense_run(block, streams["dense"], kw)
+        with result.timed("forward"):
+            dense = dense_run(block, streams["dense"], kw)
         streams["dense"] = dense.outputs
     for group in GROUPS:
         xs = _calibrate_threshold(model, block, group, streams, kw, cfg, result, split) if "comp" in streams else None
         fit = xs
         if "calib" in streams:
-            with sparsify.disabled(model):
+            with sparsify.disabled(model), result.timed("forward"):
                 fit = group_inputs(block, group, streams["calib"], kw)
         _solve_group(block, group, method, cfg, fit, dense, result)
         del xs, fit
     del dense
-    if "comp" in streams:
-        streams["comp"] = run_block(block.module, streams["comp"], kw)
-    if "calib" in streams:
-        with sparsify.disabled(model):
-            streams["calib"] = run_block(block.module, streams["calib"], kw)
+    with result.timed("forward"):
+        if "comp" in streams:
+            streams["comp"] = run_block(block.module, streams["comp"], kw)
+        if "calib" in streams:
+            with sparsify.disabled(model):
+                streams["calib"] = run_block(block.module, streams["calib"], kw)
 
 
 def _calibrate_threshold(model, block, group, streams, kw, cfg, result, split) -> list[torch.Tensor]:
     """Set the group's threshold on the compressed stream; returns its sparsified inputs."""
     name = f"layers.{block.index}.{group}"
-    raw = group_inputs(block, group, streams["comp"], kw)
-    if world()[1] == 1:
-        tau = sparsify.calibrate_threshold(raw, cfg.act_sparsity, cfg.seed)
-    else:  # the values one process would see, gathered from the ranks
-        width = next(iter(block.groups[group].values())).in_features
-        local = [x.detach().reshape(-1).abs().float().cpu() for x in raw]
-        sizes = [t * width for t in split.chunk_tokens]
-        values = global_values(local, sizes, split.mine, sparsify.MAX_QUANTILE_SAMPLES, cfg.seed)
-        tau = sparsify.kth_threshold(values, cfg.act_sparsity) if cfg.act_sparsity > 0 else 0.0
+    with result.timed("forward"):
+        raw = group_inputs(block, group, streams["comp"], kw)
+    with result.timed("statistics"):
+        tau = _threshold(raw, block, group, cfg, split)
     result.thresholds[name] = tau
     sparsify.install(model, {name: tau}, cfg.sparsify_prefill)
     xs = [sparsify.sparsify(x, tau) for x in raw]
@@ -168,9 +176,23 @@ def _calibrate_threshold(model, block, group, streams, kw, cfg, result, split) -
     return xs
 
 
+def _threshold(raw: list[torch.Tensor], block, group, cfg, split) -> float:
+    """The group's threshold from its raw inputs (with several processes, from every rank's)."""
+    if world()[1] == 1:
+        return sparsify.calibrate_threshold(raw, cfg.act_sparsity, cfg.seed)
+    if cfg.act_sparsity == 0:
+        return 0.0
+    width = next(iter(block.groups[group].values())).in_features
+    local = [x.detach().reshape(-1).abs().float().cpu() for x in raw]
+    sizes = [t * width for t in split.chunk_tokens]
+    values = global_values(local, sizes, split.mine, sparsify.MAX_QUANTILE_SAMPLES, cfg.seed)  # as one process
+    return sparsify.kth_threshold(values, cfg.act_sparsity)
+
+
 def _solve_group(block, group, method: Method, cfg, inputs, dense: DenseRun | None, result: PruneResult) -> None:
     """Solve every linear (every part of a fused one) of one group from its calibration statistics."""
-    stats = collect(method.statistics, inputs, dense, group)
+    with result.timed("statistics"):
+        stats = collect(method.statistics, inputs, dense, group)
     pattern = solvers.parse_pattern(cfg.pattern)
     parent = GROUPS[group][0]
     parts = [(linear, part) for lname, linear in block.groups[group].items() for part in block.parts(lname, linear)]
@@ -179,12 +201,13 @@ def _solve_group(block, group, method: Method, cfg, inputs, dense: DenseRun | No
         t0 = time.perf_counter()
         rows = linear.weight.data[part.start : part.stop]
         full = f"layers.{block.index}.{parent}.{part.name}"
-        if i % size == rank:
-            new, err = _solve_part(method, rows, stats, cfg, pattern, full, part.name)
-        else:
-            new, err = torch.empty_like(rows), None
-        new = share(new.contiguous(), i % size)
-        err, seconds = share_object((err, time.perf_counter() - t0), i % size)
+        with result.timed("solve"):
+            if i % size == rank:
+                new, err = _solve_part(method, rows, stats, cfg, pattern, full, part.name)
+            else:
+                new, err = torch.empty_like(rows), None
+            new = share(new.contiguous(), i % size)
+            err, seconds = share_object((err, time.perf_counter() - t0), i % size)
         rows.copy_(new)
         sparsity = float((rows == 0).float().mean())
         result.linears.append(LinearReport(full, sparsity, err, seconds))

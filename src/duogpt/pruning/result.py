@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from duogpt.config import PruneConfig
@@ -24,6 +27,18 @@ class PruneResult:
     seconds: float = 0.0
     resources: dict = field(default_factory=dict)
     bos_token_id: int | None = None  # the token every calibration sample started with
+    block_seconds: list[dict[str, float]] = field(default_factory=list)  # per block: forward, statistics, solve, io
+
+    @contextlib.contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add the time spent inside to ``phase`` of the current block."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.block_seconds:
+                current = self.block_seconds[-1]
+                current[phase] = current.get(phase, 0.0) + time.perf_counter() - t0
 
     def to_json(self) -> dict:
         return {
@@ -34,4 +49,5 @@ class PruneResult:
             "prune_seconds": self.seconds,
             "resources": self.resources,
             "calib_bos_token_id": self.bos_token_id,
+            "block_seconds": self.block_seconds,
         }
