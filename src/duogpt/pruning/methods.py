@@ -33,7 +33,7 @@ class Method:
     name: str
     fit_stream: str | None  # 'comp', 'calib' or None: whose group inputs the statistics come from
     dense_target: bool  # carry the dense model's stream (cross terms with Xd, ||W Xd||)
-    statistics: frozenset[str]  # of Statistics' fields: H, cross, dense_H, norms2
+    statistics: frozenset[str]  # of Statistics' fields: H, G, dense_H, norms2
     solve: Callable  # (W, Statistics, cfg, Pattern) -> pruned W
     error: Callable | None = None  # (W, What, Statistics, linear name) -> relative output error
 
@@ -80,10 +80,10 @@ def _one_stream_error(W, What, stats, _name):
 
 
 def _two_stream_error(W, What, stats, name):
-    return output_error(W, What, stats.H, stats.cross, stats.out_norm2[name])
+    return output_error(W, What, stats.H, stats.G, stats.out_norm2[name])
 
 
-_TWO_STREAM = frozenset({"H", "cross"})
+_TWO_STREAM = frozenset({"H", "G"})
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [

@@ -57,7 +57,7 @@ def estimate(model, nsamples: int, seqlen: int, n_streams: int, with_work_dir: b
     # float32 group inputs: the dense stream's four groups for the whole block, the compressed
     # stream's raw and sparsified inputs, and the threshold's concatenated |x| copies
     group_inputs = tokens * 4 * (2 * sum(widths) + 6 * max(widths))
-    stats = 6 * 8 * max(widths) ** 2  # float64 H, G, cross term and the solver's k x k factors
+    stats = 6 * 8 * max(widths) ** 2  # float64 H, G and the solver's k x k factors
     solver = 4 * 8 * biggest
     memory = resident + 2 * stream_bytes + group_inputs + stats + solver + RUNTIME_ALLOWANCE  # old and new streams
     linear_bytes = sum(lin.weight.numel() for b in blocks for lin in b.linears().values()) * value_bytes

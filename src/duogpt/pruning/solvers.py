@@ -193,7 +193,10 @@ def _inverse_cholesky_upper(H: torch.Tensor) -> tuple[torch.Tensor, bool]:
     L, info = torch.linalg.cholesky_ex(H)
     if info != 0:
         return L, False
-    U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+    Hinv = torch.cholesky_inverse(L)
+    del L  # k x k float64 each (about 1 GB at k = 11008): hold at most two of them
+    U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+    del Hinv
     return U, bool(info == 0 and torch.isfinite(U).all())
 
 

@@ -4,7 +4,8 @@ Inputs of a linear group are ``(tokens, k)`` matrices per chunk (the rows are to
 statistics are sums over chunks in float64:
 
 - ``H = X X^T`` of the inputs the weights are fit to (for DuoGPT the sparsified ``Xs``),
-- ``cross = Xs Xd^T`` and ``G = (Xd - Xs) Xs^T = cross^T - H`` (DuoGPT's correction),
+- ``G = (Xd - Xs) Xs^T = cross^T - H`` with ``cross = Xs Xd^T`` (DuoGPT's correction; the
+  cross term is not kept: the error uses ``cross = G^T + H``),
 - ``dense_H = Xd Xd^T`` (the dense-Hessian ablation), ``norms2_j = ||X_j||^2`` (Wanda),
 - ``out_norm2[linear] = ||W Xd||^2`` over all tokens (the scale of the dense target).
 
@@ -146,7 +147,6 @@ class Statistics:
     """A group's calibration statistics (None where the method does not collect them)."""
 
     H: torch.Tensor | None = None
-    cross: torch.Tensor | None = None
     G: torch.Tensor | None = None
     dense_H: torch.Tensor | None = None
     norms2: torch.Tensor | None = None
@@ -158,9 +158,9 @@ def collect(needed: frozenset[str], inputs: list[torch.Tensor], dense: DenseRun 
     stats = Statistics(out_norm2=dense.out_norm2 if dense is not None else {})
     if "H" in needed:
         stats.H = all_sum(gram(inputs))
-    if "cross" in needed:
-        stats.cross = all_sum(gram(inputs, dense.inputs[group]))  # Xs Xd^T
-        stats.G = stats.cross.T - stats.H  # (Xd - Xs) Xs^T
+    if "G" in needed:
+        cross = all_sum(gram(inputs, dense.inputs[group]))  # Xs Xd^T
+        stats.G = cross.T - stats.H  # (Xd - Xs) Xs^T; the cross term is freed here
     if "norms2" in needed:
         stats.norms2 = all_sum(sum((x.double() ** 2).sum(0) for x in inputs))
     if "dense_H" in needed:
@@ -168,15 +168,17 @@ def collect(needed: frozenset[str], inputs: list[torch.Tensor], dense: DenseRun 
     return stats
 
 
-def output_error(W, What, H, cross=None, target_norm2=None) -> float:
+def output_error(W, What, H, G=None, target_norm2=None) -> float:
     """Relative output error from statistics (no pass over the data).
 
     One stream: ||(What - W) X||^2 / ||W X||^2 with H = X X^T.
-    Two streams: ||What Xs - W Xd||^2 / ||W Xd||^2 with H = Xs Xs^T, cross = Xs Xd^T.
+    Two streams: ||What Xs - W Xd||^2 / ||W Xd||^2 with H = Xs Xs^T and G, where the cross
+    term Xs Xd^T = G^T + H.
     """
     W, What = W.double(), What.double()
-    if cross is None:
+    if G is None:
         D = What - W
         return float(((D @ H) * D).sum() / ((W @ H) * W).sum().clamp_min(1e-30))
-    err = ((What @ H) * What).sum() - 2 * ((What @ cross) * W).sum() + target_norm2
+    what_h = What @ H
+    err = (what_h * What).sum() - 2 * ((What @ G.double().T + what_h) * W).sum() + target_norm2
     return float(err.clamp_min(0) / max(target_norm2, 1e-30))
