@@ -85,18 +85,21 @@ def _choose_offload(model, cfg: PruneConfig, run: _Run) -> tuple[bool, preflight
     def need(offload: bool) -> preflight.Estimate:
         return preflight.estimate(skeleton, cfg.nsamples, cfg.seqlen, streams, run.out is not None, offload)
 
+    in_memory = need(False)
     offload = run.offload
     if offload is None:
+        out_of_core = need(True)
         offload = (
-            run.out is not None and not preflight.fits_in_memory(need(False)) and preflight.fits_in_memory(need(True))
+            run.out is not None and not preflight.fits_in_memory(in_memory) and preflight.fits_in_memory(out_of_core)
         )
         if offload:
             log.info(
                 "the model does not fit in memory for an in-memory prune (about %.1f GB): pruning out of core, "
                 "one block at a time (--offload)",
-                need(False).memory / 2**30,
+                in_memory.memory / 2**30,
             )
-    return offload, need(offload)
+            return True, out_of_core
+    return offload, need(True) if offload else in_memory
 
 
 def _prune(model, cfg: PruneConfig, run: _Run):

@@ -10,7 +10,6 @@ block's activations are held at a time.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -70,7 +69,7 @@ def prune_model(
     if saved is not None:
         first = work.restore(saved, streams, result, device)
         for block in blocks[:first]:
-            _with_block(blocks_io, block, lambda b: work.restore_block(b, device))
+            _with_block(blocks_io, block, lambda b: work.restore_block(b, device), result)  # untimed: no block yet
         sparsifiers = sparsify.install(model, result.thresholds, cfg.sparsify_prefill)
         start -= saved["seconds"]
         log.info("resuming from block %d of %d (state in %s)", first, len(blocks), work.path)
@@ -116,15 +115,14 @@ class _Split:
         return _Split(tuple(c.numel() for c in chunks), tuple(my_chunks(len(chunks))))
 
 
-def _with_block(blocks_io: OffloadedBlocks | None, block: Block, work, result: PruneResult | None = None) -> None:
+def _with_block(blocks_io: OffloadedBlocks | None, block: Block, work, result: PruneResult) -> None:
     """``work(block)`` with the block's weights in memory (out of core: loaded before, handed on after)."""
-    timed = result.timed if result is not None else lambda _phase: contextlib.nullcontext()
     if blocks_io is not None:
-        with timed("io"):
+        with result.timed("io"):
             blocks_io.load(block)
     work(block)
     if blocks_io is not None:
-        with timed("io"):
+        with result.timed("io"):
             blocks_io.done(block)
 
 
