@@ -19,8 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 from duogpt.errors import UsageError
 from duogpt.pruning import solvers
 from duogpt.pruning.statistics import output_error
@@ -52,7 +50,7 @@ def _magnitude(W, stats, cfg, pattern):
 
 
 def _wanda(W, stats, cfg, pattern):
-    if not torch.isfinite(stats.norms2).all():
+    if not solvers.all_finite(stats.norms2):
         raise solvers.IllConditioned("the input norms have NaN/Inf entries (the inputs overflowed)")
     return solvers.wanda(W.float(), stats.norms2, cfg.weight_sparsity, pattern)
 
@@ -62,7 +60,7 @@ def _sparsegpt(W, stats, cfg, pattern):
 
 
 def _duogpt(W, stats, cfg, pattern):
-    if not torch.isfinite(stats.G).all():
+    if not solvers.all_finite(stats.G):
         raise solvers.IllConditioned("the correction statistics G have NaN/Inf entries (the inputs overflowed)")
     return solvers.duogpt(
         W, stats.H, stats.G, cfg.weight_sparsity, pattern, cfg.alpha, cfg.ridge, cfg.correction, cfg.blocksize,

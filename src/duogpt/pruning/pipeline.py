@@ -214,7 +214,7 @@ def _solve_group(block, group, method: Method, cfg, inputs, dense: DenseRun | No
 
 def _solve_part(method: Method, W, stats, cfg, pattern, full: str, name: str) -> tuple[torch.Tensor, float | None]:
     """Pruned weights (in W's dtype) and the relative output error; errors name the layer."""
-    if not torch.isfinite(W).all():
+    if not solvers.all_finite(W):
         raise UsageError(f"{full}: the weights contain NaN/Inf: the model file is damaged or overflowed")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", solvers.DampeningWarning)
@@ -226,7 +226,7 @@ def _solve_part(method: Method, W, stats, cfg, pattern, full: str, name: str) ->
             ) from None
     for w in caught:
         log.warning("%s: %s", full, w.message)
-    if not torch.isfinite(new).all():
+    if not solvers.all_finite(new):
         raise UsageError(f"{full}: the solver produced NaN/Inf; raise --percdamp or check the model weights")
     err = method.error(W, new, stats, name) if method.error else None
     return new.to(W.dtype), err

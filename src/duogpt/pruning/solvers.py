@@ -138,17 +138,31 @@ def wanda_reference(W: torch.Tensor, norms2: torch.Tensor, sparsity: float, patt
 # --------------------------------------------------------------------------- OBS sweep
 
 
+def all_finite(t: torch.Tensor, rows: int = 1024) -> bool:
+    """No NaN/Inf in ``t``, checked ``rows`` rows at a time (``isfinite`` of a whole 11008^2
+    float64 matrix holds about 1.3 GB of temporaries)."""
+    t = t.reshape(t.shape[0], -1) if t.dim() > 1 else t.reshape(1, -1)
+    return all(bool(torch.isfinite(t[r : r + rows]).all()) for r in range(0, t.shape[0], rows))
+
+
+def damped_diagonal(diag: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """The diagonal of dampened H from H's diagonal: dead inputs (zero) set to 1, then
+    ``percdamp * mean`` added to every entry (float64)."""
+    diag = diag.double().clone()
+    diag[diag <= 0] = 1.0
+    mean = diag.mean() if diag.numel() else diag.new_tensor(1.0)
+    return diag + percdamp * mean
+
+
 def dampen(H: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Float64 copy of H with dead inputs made harmless and ``percdamp * mean(diag)`` added.
 
-    Returns (H_damped, dead) where ``dead`` marks inputs that never fired (zero diagonal).
+    Returns (H_damped, dead) where ``dead`` marks inputs that never fired (zero diagonal;
+    their rows and columns of a Gram matrix are zero, so only the diagonal changes).
     """
     H = H.double().clone()
     dead = torch.diagonal(H) <= 0
-    H[dead, dead] = 1.0
-    diag = torch.diagonal(H)
-    mean = diag.mean() if diag.numel() else diag.new_tensor(1.0)
-    diag += percdamp * mean
+    torch.diagonal(H).copy_(damped_diagonal(torch.diagonal(H), percdamp))
     return H, dead
 
 
@@ -169,35 +183,47 @@ def damping_steps(percdamp: float) -> list[float]:
 def factor_with_dampening(H: torch.Tensor, percdamp: float, factor) -> tuple[torch.Tensor, torch.Tensor]:
     """``factor(dampen(H, d))`` for the first dampening ``d`` of ``damping_steps`` that succeeds.
 
-    ``factor`` returns (result, ok). Returns (result, dead inputs); warns (DampeningWarning)
-    when more than the requested dampening was needed, raises IllConditioned when none helps.
+    ``factor`` returns (result, ok) and must not write to its argument. A float64 ``H`` is
+    dampened in place (only its diagonal changes) and its diagonal restored exactly before
+    returning, so no k x k copy is made (about 1 GB at k = 11008); other dtypes are copied.
+    Returns (result, dead inputs); warns (DampeningWarning) when more than the requested
+    dampening was needed, raises IllConditioned when none helps.
     """
-    if not torch.isfinite(H).all():
+    if not all_finite(H):
         raise IllConditioned("the Hessian has NaN/Inf entries (the inputs overflowed)")
-    for damp in damping_steps(percdamp):
-        Hd, dead = dampen(H, damp)
-        result, ok = factor(Hd)
-        if ok:
-            if damp != percdamp:
-                warnings.warn(
-                    f"Hessian not positive definite with {percdamp:.2%} dampening; used {damp:.2%}",
-                    DampeningWarning,
-                    stacklevel=3,
-                )
-            return result, dead
+    H = H if H.dtype == torch.float64 else H.double()
+    diag = torch.diagonal(H)
+    saved = diag.clone()
+    dead = saved <= 0
+    try:
+        for damp in damping_steps(percdamp):
+            diag.copy_(damped_diagonal(saved, damp))
+            result, ok = factor(H)
+            if ok:
+                if damp != percdamp:
+                    warnings.warn(
+                        f"Hessian not positive definite with {percdamp:.2%} dampening; used {damp:.2%}",
+                        DampeningWarning,
+                        stacklevel=3,
+                    )
+                return result, dead
+            del result
+    finally:
+        diag.copy_(saved)
     raise IllConditioned(f"the Hessian is not positive definite even with {damp:.0%} dampening")
 
 
 def _inverse_cholesky_upper(H: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """Upper Cholesky factor U of H^-1 (H^-1 = U^T U), and whether both factorisations worked."""
+    """Upper Cholesky factor U of H^-1 (H^-1 = U^T U), and whether both factorisations worked.
+
+    The chain L -> H^-1 -> U runs in one k x k buffer (LAPACK works in place).
+    """
     L, info = torch.linalg.cholesky_ex(H)
     if info != 0:
         return L, False
-    Hinv = torch.cholesky_inverse(L)
-    del L  # k x k float64 each (about 1 GB at k = 11008): hold at most two of them
-    U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
-    del Hinv
-    return U, bool(info == 0 and torch.isfinite(U).all())
+    work = torch.cholesky_inverse(L, out=L)
+    U, info = torch.linalg.cholesky_ex(work, upper=True, out=(work, torch.empty((), dtype=torch.int32)))
+    return U, bool(info == 0 and all_finite(U))
 
 
 def _cholesky(H: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -331,17 +357,26 @@ def sparsegpt(W, H, sparsity, pattern=Pattern(), blocksize=128, percdamp=0.01) -
     return obs_sweep(W, H, sparsity, pattern, blocksize, percdamp)
 
 
-def corrected_target(W: torch.Tensor, H: torch.Tensor, G: torch.Tensor, alpha: float, ridge: float) -> torch.Tensor:
+def corrected_target(
+    W: torch.Tensor, H: torch.Tensor, G: torch.Tensor, alpha: float, ridge: float, rows: int = 1024
+) -> torch.Tensor:
     """``Wt = W + alpha (W G)(H + ridge * mean(diag H) I)^-1`` (float64).
 
-    With alpha = 1 and ridge = 0 this is the least-squares target ``W Xd Xs^T H^-1``.
+    With alpha = 1 and ridge = 0 this is the least-squares target ``W Xd Xs^T H^-1``. Rows are
+    independent, so they are solved ``rows`` at a time against one Cholesky factor: besides
+    the factor and the result only (rows x k) temporaries are held.
     """
-    W = W.double()
     if alpha == 0:
-        return W
-    WG = W @ G.double()
+        return W.double()
     L, _ = factor_with_dampening(H, ridge, _cholesky)
-    return W + alpha * torch.cholesky_solve(WG.T, L).T  # Hr symmetric: (WG) Hr^-1 = (Hr^-1 (WG)^T)^T
+    out = torch.empty(W.shape, dtype=torch.float64)
+    for r in range(0, W.shape[0], rows):
+        w = W[r : r + rows].double()
+        # x Hr = w G with Hr = L L^T: two triangular solves from the right (cholesky_solve
+        # would copy L, another k x k float64 matrix)
+        z = torch.linalg.solve_triangular(L.T, w @ G, upper=True, left=False)
+        out[r : r + rows] = w + alpha * torch.linalg.solve_triangular(L, z, upper=False, left=False)
+    return out
 
 
 def corrected_target_reference(W, H, G, alpha, ridge) -> torch.Tensor:

@@ -4,8 +4,9 @@ Inputs of a linear group are ``(tokens, k)`` matrices per chunk (the rows are to
 statistics are sums over chunks in float64:
 
 - ``H = X X^T`` of the inputs the weights are fit to (for DuoGPT the sparsified ``Xs``),
-- ``G = (Xd - Xs) Xs^T = cross^T - H`` with ``cross = Xs Xd^T`` (DuoGPT's correction; the
-  cross term is not kept: the error uses ``cross = G^T + H``),
+- ``G = (Xd - Xs) Xs^T`` (DuoGPT's correction), from the differences directly: forming it as
+  ``Xd Xs^T - H`` would cancel in float32 and hold a third k x k matrix; the error uses the
+  cross term ``Xs Xd^T = G^T + H``,
 - ``dense_H = Xd Xd^T`` (the dense-Hessian ablation), ``norms2_j = ||X_j||^2`` (Wanda),
 - ``out_norm2[linear] = ||W Xd||^2`` over all tokens (the scale of the dense target).
 
@@ -16,6 +17,7 @@ With several processes every sum also runs over the other ranks' chunks
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -132,13 +134,19 @@ def dense_run(block: Block, hidden: list[torch.Tensor], kwargs: list[dict]) -> D
     return run
 
 
-def gram(xs: list[torch.Tensor], ys: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """sum over chunks of X^T Y (tokens-major chunks), accumulated in float64."""
+def gram(xs: Iterable[torch.Tensor], ys: Iterable[torch.Tensor] | None = None) -> torch.Tensor:
+    """sum over chunks of X^T Y (tokens-major chunks): float32 products accumulated in place in float64."""
+    xs = list(xs) if ys is None else xs
     ys = xs if ys is None else ys
     total = None
     for x, y in zip(xs, ys, strict=True):
-        part = (x.T @ y).double()
-        total = part if total is None else total + part
+        part = x.T @ y
+        if total is None:
+            total = part.double()
+        else:
+            for r in range(0, part.shape[0], 1024):  # widening makes a copy: keep it to 1024 rows
+                total[r : r + 1024] += part[r : r + 1024]
+        del part
     return total
 
 
@@ -159,8 +167,8 @@ def collect(needed: frozenset[str], inputs: list[torch.Tensor], dense: DenseRun 
     if "H" in needed:
         stats.H = all_sum(gram(inputs))
     if "G" in needed:
-        cross = all_sum(gram(inputs, dense.inputs[group]))  # Xs Xd^T
-        stats.G = cross.T - stats.H  # (Xd - Xs) Xs^T; the cross term is freed here
+        diffs = (d - x for d, x in zip(dense.inputs[group], inputs, strict=True))  # one chunk at a time
+        stats.G = all_sum(gram(diffs, inputs))  # (Xd - Xs) Xs^T, without the cancellation of Xs Xd^T - H
     if "norms2" in needed:
         stats.norms2 = all_sum(sum((x.double() ** 2).sum(0) for x in inputs))
     if "dense_H" in needed:
@@ -168,17 +176,24 @@ def collect(needed: frozenset[str], inputs: list[torch.Tensor], dense: DenseRun 
     return stats
 
 
-def output_error(W, What, H, G=None, target_norm2=None) -> float:
+def output_error(W, What, H, G=None, target_norm2=None, rows: int = 1024) -> float:
     """Relative output error from statistics (no pass over the data).
 
     One stream: ||(What - W) X||^2 / ||W X||^2 with H = X X^T.
     Two streams: ||What Xs - W Xd||^2 / ||W Xd||^2 with H = Xs Xs^T and G, where the cross
-    term Xs Xd^T = G^T + H.
+    term Xs Xd^T = G^T + H. Sums run over ``rows`` output rows at a time (float64), so the
+    temporaries are a few (rows x k) matrices, not (n x k).
     """
-    W, What = W.double(), What.double()
+    num = den = 0.0
+    for r in range(0, W.shape[0], rows):
+        w, what = W[r : r + rows].double(), What[r : r + rows].double()
+        if G is None:
+            d = what - w
+            num += float(((d @ H) * d).sum())
+            den += float(((w @ H) * w).sum())
+            continue
+        what_h = what @ H
+        num += float((what_h * what).sum() - 2 * ((what @ G.T + what_h) * w).sum())
     if G is None:
-        D = What - W
-        return float(((D @ H) * D).sum() / ((W @ H) * W).sum().clamp_min(1e-30))
-    what_h = What @ H
-    err = (what_h * What).sum() - 2 * ((What @ G.double().T + what_h) * W).sum() + target_norm2
-    return float(err.clamp_min(0) / max(target_norm2, 1e-30))
+        return num / max(den, 1e-30)
+    return max(num + target_norm2, 0.0) / max(target_norm2, 1e-30)
