@@ -44,6 +44,7 @@ def test_install_applies_to_group_and_counts(tiny_llama):
     dense = tiny_llama(input_ids=ids).logits
     names = [f"layers.{i}.{g}" for i in range(2) for g in ("qkv", "o", "gate_up", "down")]
     reg = sparsify.install(tiny_llama, {n: 1e9 for n in names})  # zero every activation
+    sparsify.reset_counters(tiny_llama)  # counting is on only while measuring
     sparse = tiny_llama(input_ids=ids).logits
     assert not torch.allclose(dense, sparse)
     overall, per_layer = sparsify.measured_sparsity(tiny_llama)
@@ -58,6 +59,7 @@ def test_dense_prefill_switch(tiny_llama):
     ids = torch.randint(0, 256, (1, 16))
     dense = tiny_llama(input_ids=ids).logits
     sparsify.install(tiny_llama, {"layers.0.down": 1e9}, sparsify_prefill=False)
+    sparsify.reset_counters(tiny_llama)
     torch.testing.assert_close(tiny_llama(input_ids=ids).logits, dense)  # prefill untouched
     one = tiny_llama(input_ids=ids[:, :1]).logits  # a single token is decode: sparsified
     assert sparsify.measured_sparsity(tiny_llama)[0] == 1.0

@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from duogpt import checks
@@ -44,8 +45,9 @@ def kth_threshold(values: torch.Tensor, p: float) -> float:
 
 
 def sparsify(x: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Zero entries with ``|x| <= threshold`` (reference semantics of the sparsifier)."""
-    return x.masked_fill(x.abs() <= threshold, 0) if threshold > 0 else x
+    """Zero entries with ``|x| <= threshold``: ``hardshrink``, one pass (NaN stays NaN, as it would in
+    ``x.masked_fill(x.abs() <= threshold, 0)``)."""
+    return F.hardshrink(x, threshold) if threshold > 0 else x
 
 
 class ActivationSparsifier:
@@ -56,13 +58,16 @@ class ActivationSparsifier:
         self.threshold = threshold
         self.sparsify_prefill = sparsify_prefill
         self.enabled = True
-        self.zeros = 0
-        self.total = 0
+        self.calls = 0
+        self.counting = False  # counting costs a pass over the activation: on only while measuring
+        self.total = 0  # entries seen since the last reset, while counting
+        self._nonzero: torch.Tensor | int = 0  # of them left nonzero: a tensor, so counting never waits on a device
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # only while the group's linears run
         self._pending = 0
         self.handles: list = []
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
         if self._last is not None and self._last[0] is x:  # q/k/v (gate/up) share one input
             out = self._last[1]
             self._pending -= 1
@@ -73,14 +78,23 @@ class ActivationSparsifier:
             out = x
         else:
             out = sparsify(x, self.threshold)
-            self.zeros += int((out == 0).sum())
-            self.total += out.numel()
+            if self.counting:
+                self._nonzero = self._nonzero + out.bool().sum()
+                self.total += out.numel()
         self._pending = len(self.handles) - 1  # the other linears that will ask for the same input
         self._last = (x, out) if self._pending > 0 else None
         return out
 
     def forget(self) -> None:
         """Drop the cached last input (frees its memory)."""
+        self._last = None
+
+    @property
+    def zeros(self) -> int:
+        return self.total - int(self._nonzero)
+
+    def reset(self) -> None:
+        self.total, self._nonzero = 0, 0
         self._last = None
 
     @property
@@ -143,10 +157,11 @@ def disabled(model: nn.Module):
             sp.forget()
 
 
-def reset_counters(model: nn.Module) -> None:
+def reset_counters(model: nn.Module, counting: bool = True) -> None:
+    """Zero every sparsifier's counters and count from now on (``counting``) or not."""
     for sp in registry(model).values():
-        sp.zeros = sp.total = 0
-        sp.forget()
+        sp.reset()
+        sp.counting = counting
 
 
 def measured_sparsity(model: nn.Module) -> tuple[float | None, dict[str, float | None]]:
