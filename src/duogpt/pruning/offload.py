@@ -15,13 +15,13 @@ freed (measured: flat at about 1 GB over 8 blocks of a 345 MB model instead of g
 
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 
 import torch
 from accelerate import init_empty_weights
 from accelerate.utils import set_module_tensor_to_device
 
+from duogpt import memory
 from duogpt.errors import UsageError
 from duogpt.models import DTYPES, Block, layers_prefix, resolve_model_path, source_dtype
 from duogpt.shards import ShardReader
@@ -57,18 +57,9 @@ def local_checkpoint(model: str | None) -> Path:
         raise UsageError(f"could not download {path!r} ({type(err).__name__}): check the id and the network") from None
 
 
-def _return_large_buffers() -> None:
-    """Large allocations by mmap (freed straight back to the system): glibc's M_MMAP_THRESHOLD, fixed."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: nothing to tune
-        return
-    libc.mallopt(-3, 8 << 20)  # M_MMAP_THRESHOLD = -3
-
-
 def load_offloaded(model: str | None, dtype: str = "auto"):
     """(model with empty blocks, tokenizer, ShardReader, layers prefix) for an out-of-core prune."""
-    _return_large_buffers()
+    memory.return_large_buffers()
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = local_checkpoint(model)
