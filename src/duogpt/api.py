@@ -12,9 +12,9 @@ import torch
 from duogpt import checkpoint, corpus
 from duogpt.config import PruneConfig
 from duogpt.errors import UsageError
-from duogpt.evaluation.perplexity import peak_rss_mb
 from duogpt.files import check_out_dir, remove_stale_stages, run_lock
 from duogpt.logs import log
+from duogpt.memory import peak_rss_mb
 from duogpt.models import load_model, load_skeleton, resolve_model_path
 from duogpt.pruning import preflight
 from duogpt.pruning.distributed import barrier, world
@@ -123,12 +123,12 @@ def _prune(model, cfg: PruneConfig, run: _Run):
             result = prune_model(lm, samples, cfg, run.progress, work, blocks_io)
             _report(lm, result, need, bos, offload)
             if writes:
-                w.finish(lm, tokenizer, result, base_model)
+                w.finish(lm, tokenizer, {"base_model": base_model, **result.to_json()})
     else:
         result = prune_model(lm, samples, cfg, progress=run.progress, work_dir=work)
         _report(lm, result, need, bos, offload)
         if run.out is not None and writes:
-            checkpoint.save(lm, tokenizer, result, run.out, base_model=base_model, force=run.force)
+            checkpoint.save(lm, tokenizer, {"base_model": base_model, **result.to_json()}, run.out, force=run.force)
     if work is not None and writes:
         shutil.rmtree(work, ignore_errors=True)
     return lm
@@ -141,10 +141,13 @@ def _report(lm, result, need: preflight.Estimate, bos: int | None, offload: bool
     lm.duogpt_report = result
 
 
-def load(path: str | Path, device: str = "cpu", runtime: str = "dense"):
-    """Load a checkpoint written by ``duogpt prune`` as a transformers model with sparsifiers.
+def load(path: str | Path, device: str = "cpu", runtime: str | None = None):
+    """Load a checkpoint written by ``duogpt prune`` as a transformers model with its sparsifiers.
 
-    ``runtime='sparse'`` runs decode steps through the dual-sparse CPU kernel.
+    A compact checkpoint keeps its pruned linears packed (``runtime='sparse'``, the default
+    for it): decode steps run through the dual-sparse kernels, longer inputs unpack one linear
+    at a time. ``runtime='dense'`` holds masked dense weights. The model works with
+    ``model.generate()`` and ``transformers.pipeline``.
     """
     model, _, _ = checkpoint.load(path, device=device, runtime=runtime)
     return model

@@ -48,6 +48,20 @@ def nonnegative(name: str, value) -> float:
     return float(value)
 
 
+def positive(name: str, value) -> float:
+    """A finite number > 0: temperatures."""
+    if not (_is_number(value) and math.isfinite(value) and value > 0):
+        raise _must(name, value, "a finite number > 0")
+    return float(value)
+
+
+def probability_mass(name: str, value) -> float:
+    """A number in (0, 1]: nucleus sampling's top-p."""
+    if not (_is_number(value) and math.isfinite(value) and 0 < value <= 1):
+        raise _must(name, value, "in (0, 1]")
+    return float(value)
+
+
 def integer(name: str, value) -> int:
     """Any integer: seeds."""
     if not (isinstance(value, int) and not isinstance(value, bool)):
@@ -78,6 +92,8 @@ def one_of(name: str, value, choices: Iterable) -> object:
 _CONVERT: dict[Callable, Callable[[str], object]] = {
     fraction: float,
     nonnegative: float,
+    positive: float,
+    probability_mass: float,
     positive_int: int,
     integer: int,
 }

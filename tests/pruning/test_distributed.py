@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import byte_tokenizer, tiny_llama_config, tiny_model
-from duogpt.shards import ShardReader
+from duogpt import checkpoint
 
 DUOGPT = str(Path(sys.executable).parent / "duogpt")
 
@@ -28,8 +28,7 @@ def _prune(nproc: int, src, text, out, *extra) -> subprocess.CompletedProcess:
 
 
 def _weights(path) -> dict[str, torch.Tensor]:
-    reader = ShardReader(path)
-    return {k: reader.get(k) for k in reader.weight_map}
+    return checkpoint.read_weights(path)
 
 
 @pytest.mark.parametrize("method", ["duogpt", "wanda"])

@@ -110,6 +110,6 @@ def test_offload_peak_memory_is_well_below_the_in_memory_one(tmp_path, text_file
         assert resources["estimated_memory_mb"] >= peaks[flag], resources  # the estimate is an upper bound
     assert peaks["1"] < peaks["0"] - 0.5 * model_mb, (peaks, model_mb)
     assert torch.equal(
-        torch.tensor(list((tmp_path / "out0" / "model-00001.safetensors").read_bytes()[:4096])),
-        torch.tensor(list((tmp_path / "out1" / "model-00001.safetensors").read_bytes()[:4096])),
+        torch.tensor(list((tmp_path / "out0" / "duogpt-00001.safetensors").read_bytes()[:4096])),
+        torch.tensor(list((tmp_path / "out1" / "duogpt-00001.safetensors").read_bytes()[:4096])),
     )

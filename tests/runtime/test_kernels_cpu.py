@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from duogpt.runtime.format import pack, spmspv_reference
-from duogpt.runtime.kernels.cpu import ISA_FLAGS, CpuSpMSpV
+from duogpt.runtime.kernels.cpu import ISA_FLAGS, CpuSpMSpV, unpack_into
 
 TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 
@@ -81,3 +81,18 @@ def test_missing_compiler_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(cpu.shutil, "which", lambda name: None)
     with pytest.raises(UsageError, match="no C compiler found"):
         cpu._compiler()
+
+
+@pytest.mark.parametrize("isa", list(ISA_FLAGS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "shape, tile", [((200, 70), 64), ((130, 33), 128), ((1, 1), 64), ((576, 96), 256), ((300, 5), 256)]
+)
+def test_unpack_is_exact(isa, dtype, shape, tile):
+    gen = torch.Generator().manual_seed(1)
+    W = torch.randn(*shape, generator=gen).to(dtype)
+    W[torch.rand(*shape, generator=gen) < 0.5] = 0
+    out = torch.full((W.numel() + 8,), 7.0, dtype=dtype)  # every element is written, nothing past the end
+    view = unpack_into(pack(W, tile), out[: W.numel()], threads=2, isa=isa)
+    assert torch.equal(view, W) and view.shape == W.shape
+    assert torch.equal(out[W.numel() :], torch.full((8,), 7.0, dtype=dtype))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import tiny_model
 from duogpt import checkpoint
@@ -14,7 +15,16 @@ from duogpt.pruning import sparsify
 from duogpt.pruning.pipeline import prune_model
 from duogpt.runtime import bench
 from duogpt.runtime.generate import generate, greedy
-from duogpt.runtime.linear import DualSparseLinear, load_packed, to_sparse_runtime, use_kernels
+from duogpt.runtime.kernels import triton_spmspv
+from duogpt.runtime.linear import (
+    GPU_PATH_ENV,
+    DualSparseLinear,
+    linears_by_name,
+    packed_form,
+    to_sparse_runtime,
+    use_kernels,
+    weight_facts,
+)
 
 
 def pruned_tiny(samples, dtype=torch.float32):
@@ -25,14 +35,15 @@ def pruned_tiny(samples, dtype=torch.float32):
     return model, result.thresholds
 
 
-def save_pruned(model, out):
-    """The model as a pruned checkpoint (weights, packed shards, duogpt.json); returns its sparse_format."""
-    checkpoint.save(model, None, model.duogpt_report, out, base_model="tiny")
-    return checkpoint.read_meta(out)["sparse_format"]
+def save_pruned(model, out, layout="compact"):
+    """The model as a pruned checkpoint; returns its duogpt.json."""
+    checkpoint.save(model, None, {"base_model": "tiny", **model.duogpt_report.to_json()}, out, layout=layout)
+    return checkpoint.read_meta(out)
 
 
 def test_sparse_runtime_computes_the_same_model(samples):
     model, thresholds = pruned_tiny(samples)
+    masked = {name: lin.weight.detach().clone() for name, (_, _, lin) in linears_by_name(model).items()}
     sparsify.uninstall(model)
     to_sparse_runtime(model)
     sparsify.install(model, thresholds)
@@ -47,34 +58,52 @@ def test_sparse_runtime_computes_the_same_model(samples):
         lin = model.model.layers[0].mlp.down_proj
         x = torch.randn(1, 1, lin.in_features)
         xs = sparsify.sparsify(x, thresholds["layers.0.down"])  # the sparsifier hook runs first
-        torch.testing.assert_close(lin(x), torch.nn.functional.linear(xs, lin.weight), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(lin(x), F.linear(xs, masked["layers.0.mlp.down_proj"]), rtol=1e-5, atol=1e-5)
 
 
-def test_packed_file_round_trip_and_size(samples, tmp_path):
+def test_packed_linear_holds_no_dense_weight(samples):
     model, _ = pruned_tiny(samples, torch.bfloat16)
-    info = save_pruned(model, tmp_path / "ckpt")
-    packed = load_packed(tmp_path / "ckpt")
-    assert len(packed) == 14
-    assert info["bytes"] < 0.75 * info["dense_bytes"]  # 50% weights: half the values plus a 1/16 bitmap
-    from duogpt.runtime.format import unpack
+    original = model.model.layers[1].mlp.up_proj
+    lin = DualSparseLinear.from_linear(original)
+    assert [n for n, _ in lin.named_parameters()] == [] and lin.state_dict() == {}
+    held = sum(b.numel() * b.element_size() for b in lin.buffers())
+    assert held < 0.75 * original.weight.numel() * original.weight.element_size()  # 50%: values + 1/16 bitmaps
+    assert torch.equal(lin.weight, original.weight)  # unpacked on access, exactly
+    assert weight_facts(lin) == weight_facts(original)
 
-    w = model.model.layers[1].self_attn.q_proj.weight
-    assert torch.equal(unpack(packed["layers.1.self_attn.q_proj"]), w)
 
-
-def test_damaged_packed_file_is_refused(samples, tmp_path):
+def test_batched_path_equals_the_masked_dense_product(samples):
     model, _ = pruned_tiny(samples)
-    save_pruned(model, tmp_path / "ckpt")
-    path = next((tmp_path / "ckpt").glob("duogpt-sparse-*.safetensors"))
-    path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(UsageError, match="truncated or damaged"):
-        load_packed(tmp_path / "ckpt")
+    a, b = model.model.layers[0].self_attn.q_proj, model.model.layers[1].mlp.down_proj
+    sa, sb = DualSparseLinear.from_linear(a), DualSparseLinear.from_linear(b)
+    xa, xb = torch.randn(2, 20, a.in_features), torch.randn(40, b.in_features)
+    with torch.no_grad():  # both share the thread's unpack buffer, one after the other
+        assert torch.equal(sa(xa), F.linear(xa, a.weight))
+        assert torch.equal(sb(xb), F.linear(xb, b.weight))
+        assert torch.equal(sa(xa), F.linear(xa, a.weight))
+    x = torch.randn(20, a.in_features, requires_grad=True)  # with autograd: a weight of its own
+    sa(x).sum().backward()
+    torch.testing.assert_close(x.grad, a.weight.detach().sum(0).expand(20, -1))
+
+
+@pytest.mark.skipif(not triton_spmspv.available(), reason="triton is not installed")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gpu_branch_under_the_triton_interpreter(samples, monkeypatch, dtype):
+    model, _ = pruned_tiny(samples, dtype)
+    lin = model.model.layers[0].mlp.gate_proj
+    packed = DualSparseLinear.from_linear(lin)
+    monkeypatch.setenv(GPU_PATH_ENV, "1")
+    with torch.no_grad():
+        for rows in (1, 3, 20):  # decode kernel, small batch, batched path (Triton unpack)
+            x = torch.randn(rows, lin.in_features).to(dtype)
+            x[torch.rand(x.shape) < 0.5] = 0
+            torch.testing.assert_close(packed(x).float(), F.linear(x, lin.weight).float(), rtol=2e-2, atol=2e-2)
+    assert torch.equal(packed.weight.contiguous(), lin.weight)
 
 
 def test_packed_shape_mismatch_is_refused(samples, tmp_path):
     model, _ = pruned_tiny(samples)
-    save_pruned(model, tmp_path / "ckpt")
-    packed = load_packed(tmp_path / "ckpt")
+    packed = {name: packed_form(lin) for name, (_, _, lin) in linears_by_name(model).items()}
     packed["layers.0.mlp.down_proj"] = packed["layers.0.mlp.up_proj"]
     with pytest.raises(UsageError, match="has shape"):
         to_sparse_runtime(tiny_model(), packed)
@@ -92,7 +121,7 @@ def test_cli_generate_both_runtimes_same_text(tiny_checkpoint, text_file, tmp_pa
         texts[runtime] = captured.out
         assert "tokens/s" in captured.err and f"{runtime} runtime" in captured.err
     assert texts["dense"] == texts["sparse"]
-    model, tokenizer, meta = checkpoint.load(out, runtime="sparse")
+    model, tokenizer, meta = checkpoint.load(out)
     assert meta["sparse_format"]["bytes"] < meta["sparse_format"]["dense_bytes"]
     assert generate(model, tokenizer, "The jury", 4).decode_tokens_per_second > 0
 
@@ -131,3 +160,17 @@ def test_bench_decode_on_a_small_random_stack():
     (rec,) = result["records"]
     assert rec["dense_tok_s"] > 0 and rec["sparse_tok_s"] > 0 and rec["same_greedy_tokens"]
     assert "tok/s" in bench.decode_markdown(result)
+
+
+def test_bench_deploy_on_a_tiny_checkpoint(tiny_checkpoint, text_file, tmp_path):
+    from duogpt.runtime import bench_deploy
+
+    out = tmp_path / "pruned"
+    args = ["prune", str(tiny_checkpoint), "--calib", str(text_file), "--nsamples", "4", "--seqlen", "32"]
+    assert main([*args, "--out", str(out), "--quiet"]) == 0
+    result = bench_deploy.deploy(str(out), prompt_tokens=24, new_tokens=4, rounds=1, progress=lambda _: None)
+    assert set(result["memory"]) == set(result["speed"]) == {"sparse", "masked_dense", "source"}
+    assert all(m["resident_mb"] > 0 and m["peak_mb"] > 0 for m in result["memory"].values())
+    assert all(s["prefill_seconds"] > 0 and s["decode_tok_s"] > 0 for s in result["speed"].values())
+    assert 0 < result["size"]["ratio"] < 1
+    assert "decode tok/s" in bench_deploy.deploy_markdown(result)

@@ -1,4 +1,4 @@
-"""Command line: ``duogpt inspect | prune | eval | generate | bench | sweep | report``.
+"""Command line: ``duogpt inspect | prune | eval | generate | export | bench | sweep | report``.
 
 Each subcommand lives in its own module with ``add(subparsers)`` (its options) beside
 ``run(args)`` (its handler); options used by several commands are in ``options``, and the
@@ -12,11 +12,11 @@ import argparse
 import sys
 
 from duogpt import __version__, logs
-from duogpt.cli import bench, evaluate, generate, inspect_model, prune, report, sweep
+from duogpt.cli import bench, evaluate, export, generate, inspect_model, prune, report, sweep
 from duogpt.errors import UsageError
 from duogpt.pruning.resume import work_dir_for
 
-COMMANDS = (inspect_model, prune, evaluate, generate, bench, sweep, report)
+COMMANDS = (inspect_model, prune, evaluate, generate, export, bench, sweep, report)
 
 
 class _Parser(argparse.ArgumentParser):

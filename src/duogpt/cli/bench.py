@@ -5,20 +5,26 @@ from __future__ import annotations
 import json
 
 from duogpt.cli import options
+from duogpt.errors import UsageError
 from duogpt.files import write_text
-from duogpt.runtime import bench
+from duogpt.runtime import bench, bench_deploy
 
 
 def add(sub) -> None:
     p = sub.add_parser(
         "bench",
-        help="kernel and decode benchmarks against dense",
+        help="kernel, decode and deployed-model benchmarks against dense",
         description="Dense vs dual-sparse benchmarks, side by side in one run.",
     )
     p.add_argument(
-        "kind", choices=("gemv", "decode"), help="gemv: one linear at 7B and default-model shapes; decode: tokens/s"
+        "kind",
+        choices=("gemv", "decode", "deploy"),
+        help="gemv: one linear at 7B and default-model shapes; decode: tokens/s; deploy: a pruned checkpoint's "
+        "size, memory, prefill and decode against its source model",
     )
-    p.add_argument("--checkpoint", metavar="DIR", help="decode: also time this pruned checkpoint")
+    p.add_argument("--checkpoint", metavar="DIR", help="decode: also time this pruned checkpoint; deploy: required")
+    options.positive(p, "--prompt-tokens", "deploy: prefill prompt length", default=512)
+    options.positive(p, "--rounds", "decode, deploy: rounds taken in turn (medians)", default=3)
     options.positive(p, "--layers", "decode: blocks of the random 7B-shaped stack", default=4)
     options.positive(p, "--repeats", "gemv: timed calls per side", default=50)
     p.add_argument("--quick", action="store_true", help="gemv: default-model shapes only, fewer repeats")
@@ -33,9 +39,14 @@ def run(args) -> int:
         shapes = bench.DEFAULT_MODEL_SHAPES if args.quick else None
         result = bench.gemv(shapes=shapes, repeats=10 if args.quick else args.repeats)
         text = bench.gemv_markdown(result)
-    else:
-        result = bench.decode(args.checkpoint, layers=args.layers)
+    elif args.kind == "decode":
+        result = bench.decode(args.checkpoint, layers=args.layers, rounds=args.rounds)
         text = bench.decode_markdown(result)
+    else:
+        if not args.checkpoint:
+            raise UsageError("bench deploy needs --checkpoint DIR (a directory written by duogpt prune)")
+        result = bench_deploy.deploy(args.checkpoint, prompt_tokens=args.prompt_tokens, rounds=args.rounds)
+        text = bench_deploy.deploy_markdown(result)
     if args.json:
         write_text(args.json, json.dumps(result, indent=1))
     if args.markdown:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import resource
 import time
 from dataclasses import dataclass
 
@@ -11,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from duogpt.memory import peak_rss_mb
 from duogpt.models import find_blocks
 from duogpt.pruning import sparsify
+from duogpt.runtime.linear import weight_facts
 
 
 @dataclass
@@ -30,19 +31,15 @@ class EvalResult:
         return dict(self.__dict__, half_perplexities=list(self.half_perplexities))
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def weight_sparsity(model: torch.nn.Module) -> float:
     """Fraction of zeros over the prunable linears of the decoder blocks."""
     _, blocks = find_blocks(model)
     zeros = total = 0
     for block in blocks:
         for linear in block.linears().values():
-            zeros += int((linear.weight == 0).sum())
-            total += linear.weight.numel()
+            n, k, _, z = weight_facts(linear)
+            zeros += z
+            total += n * k
     return zeros / total
 
 
@@ -121,7 +118,7 @@ def perplexity(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 
     half = max(1, windows.shape[0] // 2)
     halves = (nll[:half], nll[half:]) if windows.shape[0] > 1 else (nll, nll)
     overall, per_layer = sparsify.measured_sparsity(model)
-    sparsify.reset_counters(model)
+    sparsify.reset_counters(model, counting=False)
     return EvalResult(
         perplexity=math.exp(float(nll.sum()) / tokens),
         tokens=tokens,

@@ -89,7 +89,7 @@ def prune_model(
         result.block_seconds[-1]["total"] = time.perf_counter() - t0
         for sp in sparsifiers.values():
             sp.forget()
-    sparsify.reset_counters(model)
+    sparsify.reset_counters(model, counting=False)
     result.seconds = time.perf_counter() - start
     if work is not None:
         result.resources["work_state_mb"] = work.state_bytes / 2**20  # the largest resumable state written

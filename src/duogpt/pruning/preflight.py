@@ -61,7 +61,7 @@ def estimate(model, nsamples: int, seqlen: int, n_streams: int, with_work_dir: b
     solver = 4 * 8 * biggest
     memory = resident + 2 * stream_bytes + group_inputs + stats + solver + RUNTIME_ALLOWANCE  # old and new streams
     linear_bytes = sum(lin.weight.numel() for b in blocks for lin in b.linears().values()) * value_bytes
-    disk = model_bytes + int(linear_bytes * 1.2) + 50 * 2**20  # + packed copy and tokenizer
+    disk = model_bytes + 50 * 2**20  # compact: a linear is stored packed only when that is smaller; + tokenizer
     if with_work_dir:
         disk += stream_bytes + linear_bytes
     return Estimate(memory, disk, stream_bytes)

@@ -23,6 +23,7 @@ from torch import nn
 
 from duogpt.models import find_blocks
 from duogpt.runtime.format import DEFAULT_TILE_ROWS
+from duogpt.runtime.linear import weight_facts
 
 
 @dataclass
@@ -82,10 +83,9 @@ def decode_cost(
         for group, members in block.groups.items():
             p_x = act_sparsity.get(f"layers.{block.index}.{group}") or 0.0
             for linear in members.values():
-                n, k = linear.weight.shape
-                b = linear.weight.element_size()
+                n, k, b, zeros = weight_facts(linear)
                 if sparse_runtime:
-                    p_w = float((linear.weight == 0).float().mean())
+                    p_w = zeros / (n * k)
                     linears += sparse_linear_bytes(n, k, b, p_w, p_x, tile_rows)
                 else:
                     linears += dense_linear_bytes(n, k, b)

@@ -1,4 +1,10 @@
-"""Greedy generation with a timed decode loop (prefill timed apart from decode)."""
+"""Generation through ``transformers``' ``generate()``, timed (prefill apart from decode), and a bare timed loop.
+
+``generate`` is what ``duogpt generate`` runs: the model's own ``generate()`` (greedy or
+sampling, with the KV cache), timed by a streamer that notes when each token arrives.
+``greedy`` is a minimal decode loop with a KV cache, used by the benchmarks to time decode
+steps alone.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +27,55 @@ class Generation:
         return steps / self.decode_seconds if self.decode_seconds > 0 else float("nan")
 
 
+class _Clock:
+    """A generate() streamer that records when the prompt and each new token arrive."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, _value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    min_new_tokens: int = 0,
+) -> Generation:
+    """``model.generate()`` on ``prompt``: greedy, or sampling with ``temperature`` / ``top_p``
+    (``min_new_tokens``: no end-of-sequence before that many, as benchmarks need)."""
+    enc = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
+    if seed is not None:
+        torch.manual_seed(seed)
+    clock = _Clock()
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
+    if not do_sample:  # the checkpoint's generation_config may ask for sampling settings greedy ignores
+        sampling.update(temperature=None, top_p=None, top_k=None)
+    start = time.perf_counter()
+    out = model.generate(
+        **enc,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens or None,
+        streamer=clock,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        **sampling,
+    )
+    tokens = out[0, enc["input_ids"].shape[1] :].tolist()
+    first = clock.times[1] if len(clock.times) > 1 else start
+    decode = clock.times[-1] - first if len(clock.times) > 2 else 0.0
+    return Generation(tokenizer.decode(tokens, skip_special_tokens=True), tokens, first - start, decode)
+
+
 @torch.no_grad()
 def greedy(model, input_ids: torch.Tensor, max_new_tokens: int) -> tuple[list[int], float, float]:
     """Greedy decode with a KV cache; returns (new tokens, prefill seconds, decode seconds).
@@ -41,9 +96,3 @@ def greedy(model, input_ids: torch.Tensor, max_new_tokens: int) -> tuple[list[in
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         tokens.append(int(token))
     return tokens, prefill, time.perf_counter() - t0
-
-
-def generate(model, tokenizer, prompt: str, max_new_tokens: int = 32) -> Generation:
-    ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
-    tokens, prefill, decode = greedy(model, ids, max_new_tokens)
-    return Generation(tokenizer.decode(tokens, skip_special_tokens=True), tokens, prefill, decode)

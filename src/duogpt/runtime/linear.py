@@ -1,14 +1,25 @@
-"""Sparse runtime: pruned linears that use the spMspV kernel at decode.
+"""Sparse runtime: pruned linears that hold their weight only in the packed column-segment format.
 
-``DualSparseLinear`` is an ``nn.Linear`` (so block detection and the sparsifier hooks keep
-working) that also holds its weight in the column-segment format. Inputs with at most
-``MAX_KERNEL_ROWS`` rows (decode steps, small batches) go to the CPU kernel, which reads only
-the columns whose input is nonzero; longer inputs (prefill) use the dense matmul on the
-same masked weights, so both paths compute the same model.
+``DualSparseLinear`` is an ``nn.Linear`` by type (block detection and the sparsifier hooks
+find it) whose weight exists only packed, as three buffers (``bitmaps``, ``values`` with the
+kernel's padding, ``offsets``), so ``model.to(device)`` moves it. Two paths compute the
+same product:
+
+- inputs of at most ``MAX_KERNEL_ROWS`` rows (decode steps, small batches): the spMspV
+  kernel, which reads only the columns whose input is nonzero (the C kernel on the CPU, the
+  Triton kernel on CUDA);
+- longer inputs (prefill, evaluation): the weight unpacked into a buffer that every linear
+  of the thread reuses, then one dense matmul; the dense weights never live in memory
+  together (one linear's at a time).
+
+``DUOGPT_GPU_PATH=1`` sends CPU tensors down the CUDA branch (the Triton kernels, run on the
+CPU under ``TRITON_INTERPRET=1``): how the tests cover the GPU code without a GPU.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
 import torch
@@ -18,39 +29,106 @@ from torch import nn
 from duogpt.errors import UsageError
 from duogpt.models import find_blocks
 from duogpt.runtime.format import DEFAULT_TILE_ROWS, SparseLinear, pack, validate
-from duogpt.runtime.kernels.cpu import CpuSpMSpV
+from duogpt.runtime.kernels import triton_spmspv
+from duogpt.runtime.kernels.cpu import CpuSpMSpV, pad_elements, padded_values, unpack_into
 from duogpt.shards import ShardReader
 
-PACKED_PREFIX = "duogpt-sparse"  # shards duogpt-sparse-NNNNN.safetensors and their index
-SPARSE_FILE = f"{PACKED_PREFIX}.safetensors"  # the single file of checkpoints written before the shards
+PACKED_PREFIX = "duogpt-sparse"  # format 1: shards duogpt-sparse-NNNNN.safetensors beside the dense ones
+SPARSE_FILE = f"{PACKED_PREFIX}.safetensors"  # format 1's single packed file, before the shards
 MAX_KERNEL_ROWS = 16
 RUNTIMES = ("dense", "sparse")
+GPU_PATH_ENV = "DUOGPT_GPU_PATH"
+
+
+def gpu_path(x: torch.Tensor) -> bool:
+    """Whether ``x`` goes down the CUDA branch (a CUDA tensor, or any tensor under DUOGPT_GPU_PATH=1)."""
+    return x.is_cuda or os.environ.get(GPU_PATH_ENV) == "1"
+
+
+class _Scratch(threading.local):
+    """Per thread, per (device, dtype): one flat buffer, grown to the largest weight unpacked into it."""
+
+    def __init__(self):
+        self.buffers: dict[tuple, torch.Tensor] = {}
+
+    def get(self, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (str(device), dtype)
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() < numel:
+            self.buffers.pop(key, None)  # free the old one first
+            buf = self.buffers[key] = torch.empty(numel, dtype=dtype, device=device)
+        return buf[:numel]
+
+
+_SCRATCH = _Scratch()
 
 
 class DualSparseLinear(nn.Linear):
-    """A linear with a packed copy of its (pruned) weight for the decode kernel."""
+    """A linear whose (pruned) weight is held only in the column-segment format.
 
-    def __init__(self, linear: nn.Linear, packed: SparseLinear | None = None, tile_rows: int | None = None):
-        super().__init__(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
-            device="meta",
-            dtype=linear.weight.dtype,
-        )
-        self.weight = linear.weight
-        self.bias = linear.bias
-        if packed is None:
-            packed = pack(linear.weight.data.cpu(), tile_rows or choose_tile_rows(linear.out_features))
-        self.kernel = CpuSpMSpV(packed)
+    ``weight`` is not stored: reading it unpacks a fresh dense copy (for tools that inspect
+    or export weights; the forward pass never reads it).
+    """
+
+    def __init__(self, sp: SparseLinear, bias: torch.Tensor | None = None):
+        nn.Module.__init__(self)
+        validate(sp)
+        self.out_features, self.in_features = sp.shape
+        self.tile_rows, self.nnz = sp.tile_rows, sp.values.numel()
+        self.register_buffer("bitmaps", sp.bitmaps, persistent=False)
+        self.register_buffer("values", padded_values(sp.values), persistent=False)
+        self.register_buffer("offsets", sp.offsets, persistent=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         self.use_kernel = True
+        self._cpu_kernel: CpuSpMSpV | None = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, tile_rows: int | None = None) -> DualSparseLinear:
+        tile_rows = tile_rows or choose_tile_rows(linear.out_features)
+        return cls(pack(linear.weight.data.cpu(), tile_rows), linear.bias)
+
+    @property
+    def sp(self) -> SparseLinear:
+        """The packed weight (views of the buffers, on the module's device)."""
+        return SparseLinear(
+            self.bitmaps, self.values[: self.nnz], self.offsets, (self.out_features, self.in_features), self.tile_rows
+        )
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._unpacked(reuse=False)
+
+    def packed_nbytes(self) -> int:
+        return self.sp.nbytes()
+
+    def _unpacked(self, reuse: bool) -> torch.Tensor:
+        """The dense weight, in the thread's reused buffer (``reuse``) or a new tensor."""
+        n, k = self.out_features, self.in_features
+        dtype, device = self.values.dtype, self.values.device
+        out = _SCRATCH.get(n * k, dtype, device) if reuse else torch.empty(n * k, dtype=dtype, device=device)
+        if gpu_path(self.values):
+            return triton_spmspv.unpack_transposed(self.sp, out)
+        return unpack_into(self.sp, out)
+
+    def _kernel_product(self, x2d: torch.Tensor) -> torch.Tensor:
+        if gpu_path(x2d):
+            return triton_spmspv.spmspv(self.sp, x2d)
+        if self._cpu_kernel is None or self._cpu_kernel.values is not self.values:
+            self._cpu_kernel = CpuSpMSpV(self.sp, padded=self.values)
+        return self._cpu_kernel(x2d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if not self.use_kernel or rows > MAX_KERNEL_ROWS or x.device.type != "cpu" or torch.is_grad_enabled():
-            return F.linear(x, self.weight, self.bias)
-        y = self.kernel(x.reshape(rows, -1)).to(x.dtype).reshape(*x.shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias
+        grad = torch.is_grad_enabled()
+        if self.use_kernel and rows <= MAX_KERNEL_ROWS and not grad:
+            y = self._kernel_product(x.reshape(rows, -1)).to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias
+        # with autograd on, the weight must outlive this call (backward reads it): no shared buffer
+        return F.linear(x, self._unpacked(reuse=not grad).to(x.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        density = self.nnz / (self.out_features * self.in_features)
+        return f"in_features={self.in_features}, out_features={self.out_features}, density={density:.3f}, packed"
 
 
 def choose_tile_rows(n_out: int, threads: int | None = None) -> int:
@@ -74,7 +152,7 @@ def linears_by_name(model: nn.Module) -> dict[str, tuple[nn.Module, str, nn.Line
 
 
 def to_sparse_runtime(model: nn.Module, packed: dict[str, SparseLinear] | None = None) -> nn.Module:
-    """Swap every pruned linear of ``model`` for a ``DualSparseLinear`` (in place).
+    """Swap every pruned linear of ``model`` for a ``DualSparseLinear`` (in place); the dense weights are dropped.
 
     Call before installing sparsifiers (they hook the linears found at install time).
     """
@@ -87,19 +165,38 @@ def to_sparse_runtime(model: nn.Module, packed: dict[str, SparseLinear] | None =
                 f"{SPARSE_FILE}: {name} has shape {sp.shape}, the model {tuple(linear.weight.shape)}: "
                 "delete the file to rebuild it from the weights"
             )
-        setattr(parent, attr, DualSparseLinear(linear, sp))
+        new = DualSparseLinear.from_linear(linear) if sp is None else DualSparseLinear(sp, linear.bias)
+        setattr(parent, attr, new.to(linear.weight.device))
     return model
 
 
 def packed_form(linear: nn.Linear) -> SparseLinear:
-    """The linear's weight in the column-segment format (the runtime's own copy when it has one)."""
+    """The linear's weight in the column-segment format (the runtime's own when it has one), on the CPU."""
     if isinstance(linear, DualSparseLinear):
-        return linear.kernel.sp
+        sp = linear.sp
+        return SparseLinear(sp.bitmaps.cpu(), sp.values.cpu(), sp.offsets.cpu(), sp.shape, sp.tile_rows)
     return pack(linear.weight.data.cpu(), choose_tile_rows(linear.out_features))
 
 
+def read_packed(reader: ShardReader, name: str, where: str) -> SparseLinear:
+    """The packed weight stored under ``name`` (``name.bitmaps``, ``.values``, ``.offsets``, ``.meta``), validated."""
+    try:
+        n, k, tile_rows = (int(v) for v in reader.get(f"{name}.meta").flatten().tolist())
+        bitmaps, offsets = reader.get(f"{name}.bitmaps"), reader.get(f"{name}.offsets")
+        values = reader.get(f"{name}.values", spare=pad_elements(reader.dtype_of(f"{name}.values")))
+    except UsageError:  # the reader's own message names the damaged shard
+        raise
+    except (ValueError, TypeError):
+        raise UsageError(
+            f"{where}: the packed entry for {name} is incomplete or damaged: re-run duogpt prune"
+        ) from None
+    sp = SparseLinear(bitmaps, values, offsets, (n, k), tile_rows)
+    validate(sp)
+    return sp
+
+
 def load_packed(directory: str | Path) -> dict[str, SparseLinear] | None:
-    """Read and validate the packed weights (sharded with an index, or one older single file), if any."""
+    """Format 1: read and validate the packed weights beside the dense ones (sharded, or one older file)."""
     directory = Path(directory)
     if (
         not (directory / f"{PACKED_PREFIX}.safetensors.index.json").is_file()
@@ -107,27 +204,20 @@ def load_packed(directory: str | Path) -> dict[str, SparseLinear] | None:
     ):
         return None
     reader = ShardReader(directory, PACKED_PREFIX)
-    out = {}
-    for key in reader.weight_map:
-        if key.endswith(".meta"):
-            name = key[: -len(".meta")]
-            try:
-                n, k, tile_rows = (int(v) for v in reader.get(key).flatten().tolist())
-                arrays = tuple(reader.get(f"{name}.{part}") for part in ("bitmaps", "values", "offsets"))
-            except UsageError:  # the reader's own message names the damaged shard
-                raise
-            except (ValueError, TypeError):
-                raise UsageError(
-                    f"{directory}: the packed entry for {name} is incomplete or damaged: re-run duogpt prune"
-                ) from None
-            sp = SparseLinear(*arrays, (n, k), tile_rows)
-            validate(sp)
-            out[name] = sp
-    return out
+    names = [key[: -len(".meta")] for key in reader.weight_map if key.endswith(".meta")]
+    return {name: read_packed(reader, name, str(directory)) for name in names}
 
 
 def use_kernels(model: nn.Module, enabled: bool) -> None:
-    """Switch a sparse-runtime model between the kernels and masked dense matmuls."""
+    """Switch a sparse-runtime model between the kernels and the batched (unpack + matmul) path for every input."""
     for module in model.modules():
         if isinstance(module, DualSparseLinear):
             module.use_kernel = enabled
+
+
+def weight_facts(linear: nn.Linear) -> tuple[int, int, int, int]:
+    """(n_out, k_in, bytes per weight value, zero weights) of a linear, without unpacking a packed one."""
+    n, k = linear.out_features, linear.in_features
+    if isinstance(linear, DualSparseLinear):
+        return n, k, linear.values.element_size(), n * k - linear.nnz
+    return n, k, linear.weight.element_size(), int((linear.weight == 0).sum())

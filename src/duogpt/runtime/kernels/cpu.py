@@ -76,17 +76,71 @@ def build(isa: str = "native") -> ctypes.CDLL:
         ctypes.c_int,
     ]
     dll.duogpt_spmspv_isa.restype = ctypes.c_char_p
+    dll.duogpt_unpack.restype = ctypes.c_int
+    dll.duogpt_unpack.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_int,
+    ]
     return dll
+
+
+def pad_elements(dtype: torch.dtype) -> int:
+    """Elements of padding the kernel's vector loads may read past the end of the values."""
+    return _PAD_BYTES // dtype.itemsize
+
+
+def padded_values(values: torch.Tensor) -> torch.Tensor:
+    """``values`` followed by the padding: a longer view when its storage already has the room
+    (as ``ShardReader.get(..., spare=)`` reads them, zeroed), else a padded copy."""
+    pad = pad_elements(values.dtype)
+    end = values.storage_offset() + values.numel() + pad
+    if (
+        values.dim() == 1
+        and values.is_contiguous()
+        and values.untyped_storage().nbytes() >= end * values.element_size()
+    ):
+        return values.new_empty(0).set_(values.untyped_storage(), values.storage_offset(), (values.numel() + pad,))
+    return torch.cat([values, values.new_zeros(pad)])
+
+
+def unpack_into(sp: SparseLinear, out: torch.Tensor, threads: int | None = None, isa: str = "native") -> torch.Tensor:
+    """The dense weight written into ``out`` as its transpose (k, n) (the values' dtype, every element
+    set); returns the (n, k) view. The batched path multiplies by it: ``x @ W^T`` reads the
+    transpose as fast as a row-major weight, and writing it is contiguous."""
+    n, k = sp.shape
+    if out.dtype != sp.values.dtype or out.numel() != n * k or not out.is_contiguous():
+        raise UsageError(f"unpack needs a contiguous {sp.values.dtype} buffer of {n * k} elements")
+    status = build(isa).duogpt_unpack(
+        sp.bitmaps.data_ptr(),
+        sp.values.data_ptr(),
+        sp.values.element_size(),
+        sp.offsets.data_ptr(),
+        n,
+        k,
+        sp.tile_rows,
+        out.data_ptr(),
+        threads or torch.get_num_threads(),
+    )
+    if status != 0:
+        raise UsageError(f"the CPU unpack refused its arguments (tile rows {sp.tile_rows})")
+    return out.view(k, n).T
 
 
 class CpuSpMSpV:
     """A packed weight ready for the kernel (values padded so vector loads stay in bounds)."""
 
-    def __init__(self, sp: SparseLinear, isa: str = "native", threads: int | None = None):
+    def __init__(self, sp: SparseLinear, isa: str = "native", threads: int | None = None, padded=None):
+        """``padded``: the values already followed by the padding (``padded_values``), to hold them once."""
         self.sp = sp
         self.dll = build(isa)
-        pad = _PAD_BYTES // sp.values.element_size()
-        self.values = torch.cat([sp.values, sp.values.new_zeros(pad)])
+        self.values = padded_values(sp.values) if padded is None else padded
         self.threads = threads or torch.get_num_threads()
 
     @property

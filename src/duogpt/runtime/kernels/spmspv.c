@@ -392,3 +392,61 @@ int duogpt_spmspv(const uint64_t *bitmaps, const void *values, int dtype, const 
     free(active);
     return failed ? -1 : 0;
 }
+
+/* Unpack to the transposed dense matrix: row-major (k, n), i.e. W^T, in the values' own dtype
+ * (elem_bytes 2 or 4). Column j's segment of a tile is a contiguous run of out[j * n + row], so
+ * every write stays within a few cache lines and pages; every element is written (zeros
+ * included), tiles split across threads. This is the batched path's weight: prefill
+ * multiplies by it (x @ W^T), one linear at a time, in a reused buffer.
+ * Returns 0 on success, -1 on bad arguments. */
+int duogpt_unpack(const uint64_t *bitmaps, const void *values, int elem_bytes, const int64_t *offsets, int64_t n,
+                  int64_t k, int64_t tile_rows, void *out, int nthreads) {
+    if (tile_rows % 64 || (elem_bytes != 2 && elem_bytes != 4)) return -1;
+    const int64_t words = tile_rows / 64, n_tiles = (n + tile_rows - 1) / tile_rows;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (n_tiles > 1 && nthreads > 1)
+    for (int64_t t = 0; t < n_tiles; t++) {
+        const int64_t row0 = t * tile_rows, count = (n - row0) < tile_rows ? (n - row0) : tile_rows;
+        for (int64_t j = 0; j < k; j++) {
+            int64_t pos = offsets[t * (k + 1) + j];
+            const uint64_t *bm = bitmaps + (t * k + j) * words;
+            char *col = (char *)out + (j * n + row0) * elem_bytes;
+#if defined(__AVX512F__)
+            if (elem_bytes == 4) { /* 16 rows per step: expand-load the set lanes, zeros elsewhere */
+                const uint32_t *v = (const uint32_t *)values;
+                for (int64_t r = 0; r < count; r += 16) {
+                    const __mmask16 m = (__mmask16)(bm[r / 64] >> (r % 64));
+                    const __m512i x = _mm512_maskz_expandloadu_epi32(m, v + pos);
+                    const int64_t left = count - r;
+                    _mm512_mask_storeu_epi32((uint32_t *)col + r, left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1), x);
+                    pos += __builtin_popcount((unsigned)m);
+                }
+                continue;
+            }
+#endif
+#if defined(__AVX512VBMI2__) && defined(__AVX512BW__)
+            if (elem_bytes == 2) { /* 32 rows per step */
+                const uint16_t *v = (const uint16_t *)values;
+                for (int64_t r = 0; r < count; r += 32) {
+                    const __mmask32 m = (__mmask32)(bm[r / 64] >> (r % 64));
+                    const __m512i x = _mm512_maskz_expandloadu_epi16(m, v + pos);
+                    const int64_t left = count - r;
+                    _mm512_mask_storeu_epi16((uint16_t *)col + r, left >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << left) - 1), x);
+                    pos += __builtin_popcount((unsigned)m);
+                }
+                continue;
+            }
+#endif
+            memset(col, 0, (size_t)(count * elem_bytes));
+            for (int64_t w = 0; w < words; w++) {
+                uint64_t word = bm[w];
+                while (word) {
+                    const int64_t r = w * 64 + __builtin_ctzll(word);
+                    if (elem_bytes == 2) ((uint16_t *)col)[r] = ((const uint16_t *)values)[pos++];
+                    else ((uint32_t *)col)[r] = ((const uint32_t *)values)[pos++];
+                    word &= word - 1;
+                }
+            }
+        }
+    }
+    return 0;
+}
