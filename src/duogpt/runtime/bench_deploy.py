@@ -134,12 +134,15 @@ def _sides(path: str, source: str) -> list[tuple[str, str, str]]:
 def deploy_markdown(result: dict) -> str:
     size, mem, speed, m = result["size"], result["memory"], result["speed"], result["machine"]
     lines = [
+        "# The deployed model against its source",
+        "",
         f"Deployed checkpoint `{result['checkpoint']}` ({result['dtype']}) against its source `{result['source']}`. "
         f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}.",
         "",
         f"Directory: {size['directory_bytes'] / 2**20:.1f} MB, {size['ratio']:.3f}x the same weights stored dense "
         f"({size['dense_bytes'] / 2**20:.1f} MB); the source checkpoint's files: {size['source_bytes'] / 2**20:.1f} MB "
         f"({size['directory_bytes'] / max(size['source_bytes'], 1):.3f}x).",
+        "",
         "",
     ]
     rows = []
