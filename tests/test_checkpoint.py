@@ -101,11 +101,16 @@ def test_the_gpu_branch_computes_the_same_model(samples, tmp_path, monkeypatch):
     model = pruned(samples)
     save(model, tmp_path / "c")
     sparse, _, _ = checkpoint.load(tmp_path / "c")
+    long, one = samples[:1, :20], samples[:1, :1]
     with torch.no_grad():
-        prefill, step = sparse(input_ids=samples[:1, :20]).logits, sparse(input_ids=samples[:1, :1]).logits
-        monkeypatch.setenv(GPU_PATH_ENV, "1")  # Triton unpack for 20 rows, the Triton kernel for one
-        torch.testing.assert_close(sparse(input_ids=samples[:1, :20]).logits, prefill, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(sparse(input_ids=samples[:1, :1]).logits, step, rtol=1e-4, atol=1e-4)
+        prefill, step = sparse(input_ids=long).logits, sparse(input_ids=one).logits
+        if torch.cuda.is_available():  # on a GPU machine: the real device
+            sparse, long, one = sparse.to("cuda"), long.cuda(), one.cuda()
+        else:  # CPU tensors down the CUDA branch, Triton interpreted
+            monkeypatch.setenv(GPU_PATH_ENV, "1")
+        # the Triton unpack for 20 rows, the Triton kernel for one
+        torch.testing.assert_close(sparse(input_ids=long).logits.cpu(), prefill, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(sparse(input_ids=one).logits.cpu(), step, rtol=1e-4, atol=1e-4)
 
 
 def format1(model, out):

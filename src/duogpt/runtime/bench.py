@@ -232,15 +232,18 @@ def decode(
     new_tokens: int = 32,
     rounds: int = 3,
     progress=print,
+    device: str = "cpu",
     **shape,
 ) -> dict:
-    """Decode tokens/s of the dense vs the sparse runtime, on a pruned checkpoint and a 7B-shaped stack."""
+    """Decode tokens/s of the dense vs the sparse runtime, on a pruned checkpoint and a 7B-shaped stack
+    (both moved to ``device`` to run; on CUDA the sparse runtime decodes through the Triton kernel)."""
     records = []
     if checkpoint is not None:
-        model, tokenizer, meta = ckpt.load(checkpoint, runtime="sparse")
-        dense_model, _, _ = ckpt.load(checkpoint, runtime="dense")
+        model, tokenizer, meta = ckpt.load(checkpoint, device=device, runtime="sparse")
+        dense_model, _, _ = ckpt.load(checkpoint, device=device, runtime="dense")
         ids = tokenizer("The jury said it did find that many of Georgia's registration laws", return_tensors="pt")
-        dense, sparse, t_dense, t_sparse = decode_rates(dense_model, model, ids["input_ids"], new_tokens, rounds)
+        ids = ids["input_ids"].to(device)
+        dense, sparse, t_dense, t_sparse = decode_rates(dense_model, model, ids, new_tokens, rounds)
         del dense_model
         records.append(
             _decode_record(f"checkpoint {checkpoint}", str(model.dtype), dense, sparse, t_dense, t_sparse, meta)
@@ -256,7 +259,8 @@ def decode(
     sparse_model.load_state_dict(model.state_dict())
     to_sparse_runtime(sparse_model)
     install(sparse_model, result.thresholds)
-    ids = torch.randint(0, model.config.vocab_size, (1, 16), generator=gen)
+    ids = torch.randint(0, model.config.vocab_size, (1, 16), generator=gen).to(device)
+    model, sparse_model = model.to(device), sparse_model.to(device)
     dense, sparse, t_dense, t_sparse = decode_rates(model, sparse_model, ids, new_tokens, rounds)
     records.append(
         _decode_record(
