@@ -157,9 +157,10 @@ def test_inspect_prints_and_writes_json_and_refuses_other_layouts(tiny_checkpoin
     out = tmp_path / "info.json"
     assert main(["inspect", str(tiny_checkpoint), "--nsamples", "64", "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "sparsifier qkv" in text and "prune estimate" in text
+    assert "sparsifier qkv" in text and "prune estimate" in text and "in memory on this machine" in text
     info = json.loads(out.read_text())
-    assert info["prune"]["nsamples"] == 64 and info["blocks"] == 2
+    assert info["prune"]["nsamples"] == 64 and info["blocks"] == 2 and info["prune"]["mode"] == "in memory"
+    assert 0 < info["prune"]["out_of_core_memory_mb"] <= info["prune"]["estimated_memory_mb"]
     assert main(["inspect", str(unsupported_checkpoint(tmp_path))]) == 2
     err = capsys.readouterr().err
     assert "unsupported architecture GPT2LMHeadModel" in err and err.count("\n") == 1

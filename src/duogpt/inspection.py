@@ -32,7 +32,15 @@ def inspect_model(model: str | None, cfg: PruneConfig | None = None) -> dict:
         g: {"linears": list(lins), "width": next(iter(lins.values())).in_features} for g, lins in first.groups.items()
     }
     bos = corpus.bos_token(tokenizer, cfg.bos)
-    need = preflight.estimate(skeleton, cfg.nsamples, cfg.seqlen, len(stream_names(cfg)), with_work_dir=True)
+    streams = len(stream_names(cfg))
+    need = preflight.estimate(skeleton, cfg.nsamples, cfg.seqlen, streams, with_work_dir=True)
+    out_of_core = preflight.estimate(skeleton, cfg.nsamples, cfg.seqlen, streams, with_work_dir=True, offload=True)
+    free = preflight.available_memory()
+    plan = {
+        "mode": preflight.mode(need, out_of_core),
+        "out_of_core_memory_mb": out_of_core.memory / 2**20,
+        "available_memory_mb": None if free is None else free / 2**20,
+    }
     return {
         "model": model or "default",
         "path": path,
@@ -50,7 +58,7 @@ def inspect_model(model: str | None, cfg: PruneConfig | None = None) -> dict:
         "bos_rule": f"--bos {cfg.bos}: "
         + ("every sample and window starts with BOS" if bos is not None else "no BOS (text cut into windows)"),
         "chat_template": bool(getattr(tokenizer, "chat_template", None)),
-        "prune": {"method": cfg.method, "nsamples": cfg.nsamples, "seqlen": cfg.seqlen, **need.to_json()},
+        "prune": {"method": cfg.method, "nsamples": cfg.nsamples, "seqlen": cfg.seqlen, **need.to_json(), **plan},
     }
 
 
@@ -77,6 +85,17 @@ def render(info: dict) -> str:
             f"{mb['method']}, {mb['nsamples']} x {mb['seqlen']} tokens: about "
             f"{mb['estimated_memory_mb'] / 1024:.1f} GB of memory, {mb['estimated_disk_mb'] / 1024:.1f} GB of disk",
         ),
+        ("prune mode", _mode_line(mb)),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows) + "\n"
+
+
+def _mode_line(mb: dict) -> str:
+    free = "" if mb["available_memory_mb"] is None else f" ({mb['available_memory_mb'] / 1024:.1f} GB available)"
+    ooc = f"out of core (--offload) needs about {mb['out_of_core_memory_mb'] / 1024:.1f} GB"
+    if mb["mode"] == "in memory":
+        return f"in memory on this machine{free}; {ooc}"
+    if mb["mode"] == "out of core":
+        return f"out of core, chosen automatically{free}: {ooc}"
+    return f"does not fit on this machine{free}, even {ooc}: use a larger machine or fewer --nsamples"

@@ -113,3 +113,31 @@ def test_offload_peak_memory_is_well_below_the_in_memory_one(tmp_path, text_file
         torch.tensor(list((tmp_path / "out0" / "duogpt-00001.safetensors").read_bytes()[:4096])),
         torch.tensor(list((tmp_path / "out1" / "duogpt-00001.safetensors").read_bytes()[:4096])),
     )
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_at_out(tmp_path, text_file, monkeypatch, capsys):
+    import errno
+
+    from duogpt import shards
+    from duogpt.cli import main
+    from duogpt.pruning.resume import work_dir_for
+
+    src = sharded_checkpoint(tmp_path / "src")
+    capsys.readouterr()
+    real, calls = shards.save_file, []
+
+    def fills_up(tensors, path, metadata=None):
+        calls.append(path)
+        if len(calls) == 2:  # the second block's shard: the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return real(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(shards, "save_file", fills_up)
+    capsys.readouterr()  # the source model's own saving
+    out = tmp_path / "out"
+    args = ["prune", str(src), "--offload", "--calib", str(text_file), "--nsamples", "4", "--seqlen", "32"]
+    assert main([*args, "--batch-size", "2", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no space left on the device writing" in err and "finished blocks are kept" in err and err.count("\n") == 1
+    assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))  # nothing half-written at --out
+    assert work_dir_for(out).is_dir()  # the run can continue once there is room

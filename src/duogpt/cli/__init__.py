@@ -9,6 +9,7 @@ status 2; anything unexpected is one line and exit status 1 (``--debug`` for the
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from duogpt import __version__, logs
@@ -50,19 +51,33 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"duogpt {args.command}: error: {err}{_resumable_note(args)}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            return _unexpected(args, err)
+        where = f" writing {err.filename}" if err.filename else ""
+        print(
+            f"duogpt {args.command}: error: no space left on the device{where}: free space there or choose "
+            f"another output{_resumable_note(args)}",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print(f"duogpt {args.command}: interrupted; {_left_behind(args)}", file=sys.stderr)
         return 130
     except Exception as err:  # anything else is a bug or an unforeseen input: one line, unless --debug
-        if args.debug:
-            raise
-        first = (str(err).strip().splitlines() or [""])[0][:300]
-        print(
-            f"duogpt {args.command}: error: {type(err).__name__}: {first}{_resumable_note(args)} "
-            "(rerun with --debug for the traceback)",
-            file=sys.stderr,
-        )
-        return 1
+        return _unexpected(args, err)
+
+
+def _unexpected(args, err: Exception) -> int:
+    if args.debug:
+        raise err
+    first = (str(err).strip().splitlines() or [""])[0][:300]
+    print(
+        f"duogpt {args.command}: error: {type(err).__name__}: {first}{_resumable_note(args)} "
+        "(rerun with --debug for the traceback)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _prune_state(args):

@@ -90,6 +90,13 @@ def fits_in_memory(est: Estimate) -> bool:
     return free is None or est.memory <= free or bool(os.environ.get("DUOGPT_SKIP_RESOURCE_CHECK"))
 
 
+def mode(in_memory: Estimate, out_of_core: Estimate) -> str:
+    """What ``duogpt prune --out DIR`` chooses on this machine: 'in memory', 'out of core' or 'does not fit'."""
+    if fits_in_memory(in_memory):
+        return "in memory"
+    return "out of core" if fits_in_memory(out_of_core) else "does not fit"
+
+
 def check(est: Estimate, out: str | Path | None) -> None:
     """Refuse, with advice, a prune that will not fit in memory or on disk."""
     if os.environ.get("DUOGPT_SKIP_RESOURCE_CHECK"):
