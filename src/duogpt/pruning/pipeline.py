@@ -149,6 +149,8 @@ def _prune_block(model, block: Block, streams: dict, kw: list[dict], cfg: PruneC
                 fit = group_inputs(block, group, streams["calib"], kw)
         _solve_group(block, group, method, cfg, fit, dense, result)
         del xs, fit
+        if dense is not None:
+            dense.inputs[group] = []  # this group's Xd is done with
     del dense
     with result.timed("forward"):
         if "comp" in streams:
@@ -167,7 +169,7 @@ def _calibrate_threshold(model, block, group, streams, kw, cfg, result, split) -
         tau = _threshold(raw, block, group, cfg, split)
     result.thresholds[name] = tau
     sparsify.install(model, {name: tau}, cfg.sparsify_prefill)
-    xs = [sparsify.sparsify(x, tau) for x in raw]
+    xs = [sparsify.sparsify_(x, tau) for x in raw]  # in place: the raw inputs are not needed again
     del raw
     zeros, total = all_sum_floats([sum(int((x == 0).sum()) for x in xs), sum(x.numel() for x in xs)])
     result.calib_act_sparsity[name] = zeros / total
