@@ -1,10 +1,11 @@
 """Scale benchmark: a random Llama-7B-shaped bfloat16 model pruned out of core, timed per block.
 
-    python bench/scale.py --blocks 32 --work runs/scale          # the whole 7B-shaped model (hours on 2 cores)
-    python bench/scale.py --blocks 2 --work runs/scale --markdown docs/scale.md
+    python bench/scale.py --blocks 32 --work runs/scale --json docs/scale.json --markdown docs/scale.md
+    python bench/scale.py --blocks 2 --compare-blocks 0 --work runs/try   # a quick look
 
-Writes the model shard by shard (never whole in memory), prunes it with DuoGPT and with
-SparseGPT (each in its own process, ``--offload``, so their peak RSS is their own), and
+Writes the model shard by shard (never whole in memory), prunes it with DuoGPT, and a model of
+only its first ``--compare-blocks`` blocks (the same tensors) with DuoGPT and SparseGPT for the
+time ratio (each prune in its own process, ``--offload``, so its peak RSS is its own), and
 reports per block the seconds spent in forward passes, statistics, solves and I/O, the peak
 RSS, and the bytes of the input, the resumable state and the output. A linear cost model fitted
 to the measured phases (forward ~ tokens x block parameters, statistics ~ tokens x sum of k^2,
@@ -166,7 +167,7 @@ def report_markdown(result: dict) -> str:
         "",
         markdown(["method", "block", "forward s", "statistics s", "solve s", "I/O s", "total s"], rows),
         markdown(
-            ["method", "peak RSS", "estimate", "largest resumable state", "output"],
+            ["method", "peak RSS", "estimate", "largest resumable state", "output", "output / same weights dense"],
             [
                 [
                     m,
@@ -174,14 +175,17 @@ def report_markdown(result: dict) -> str:
                     f"{r['estimated_memory_mb']:.0f} MB",
                     f"{r.get('work_state_mb', 0):.0f} MB",
                     f"{result['runs'][m]['checkpoint_mb']:.0f} MB",
+                    f"{result['runs'][m].get('size', {}).get('ratio', float('nan')):.3f}",
                 ]
                 for m, r in res.items()
             ],
         ),
     ]
-    if "sparsegpt" in result["runs"] and "duogpt" in result["runs"]:
-        d, s = (sum(b["total"] for b in result["runs"][m]["block_seconds"]) for m in ("duogpt", "sparsegpt"))
-        lines.append(f"DuoGPT / SparseGPT time over the same blocks: {d / s:.2f}x.\n")
+    pairs = [(m, m.replace("duogpt", "sparsegpt")) for m in result["runs"] if m.startswith("duogpt")]
+    for d_name, s_name in pairs:
+        if s_name in result["runs"]:
+            d, s = (sum(b["total"] for b in result["runs"][m]["block_seconds"]) for m in (d_name, s_name))
+            lines.append(f"DuoGPT / SparseGPT time over the same blocks ({s_name}): {d / s:.2f}x.\n")
     lines.append("Extrapolated from the median DuoGPT block (linear in each phase's work):\n")
     ext = result["fit"]["extrapolated"]
     lines.append(markdown(["run", "hours on this machine"], [[k, f"{v['hours']:.1f}"] for k, v in ext.items()]))
@@ -194,7 +198,13 @@ def main() -> int:
     p.add_argument("--nsamples", type=int, default=16)
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--work", type=Path, default=Path("runs/scale"), help="folder for the model and outputs")
-    p.add_argument("--methods", default="duogpt,sparsegpt")
+    p.add_argument("--methods", default="duogpt", help="methods pruned on the whole model (default: duogpt)")
+    p.add_argument(
+        "--compare-blocks",
+        type=int,
+        default=4,
+        help="SparseGPT (and DuoGPT) also on a model of only the first N blocks, for the time ratio (0: skip)",
+    )
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
     args = p.parse_args()
@@ -210,6 +220,16 @@ def main() -> int:
             if (out / "duogpt.json").is_file()
             else prune(args.work / "model", out, method, args.nsamples, args.seqlen)
         )
+    if args.compare_blocks:  # the first N blocks are the same tensors (one seeded generator, blocks first)
+        small = args.work / f"model-{args.compare_blocks}-blocks"
+        make_model(small, args.compare_blocks)
+        for method in ("duogpt", "sparsegpt"):
+            out = args.work / f"out-{method}-{args.compare_blocks}-blocks"
+            runs[f"{method} ({args.compare_blocks} blocks)"] = (
+                json.loads((out / "duogpt.json").read_text())
+                if (out / "duogpt.json").is_file()
+                else prune(small, out, method, args.nsamples, args.seqlen)
+            )
     tokens = args.nsamples * args.seqlen
     targets = {
         "7B, 32 blocks, these tokens": ("7B", tokens),

@@ -135,7 +135,9 @@ def _prune(model, cfg: PruneConfig, run: _Run):
 
 
 def _report(lm, result, need: preflight.Estimate, bos: int | None, offload: bool) -> None:
-    result.resources = {**need.to_json(), **result.resources, "peak_rss_mb": peak_rss_mb(), "offload": offload}
+    before = result.resources.get("peak_rss_mb_before_resume") or 0.0  # an interrupted run's earlier processes
+    result.resources = {**need.to_json(), **result.resources, "peak_rss_mb": max(peak_rss_mb(), before)}
+    result.resources["offload"] = offload
     result.resources["world_size"] = world()[1]
     result.bos_token_id = bos
     lm.duogpt_report = result

@@ -68,6 +68,9 @@ def test_offload_crash_then_resume_is_bit_identical(tmp_path, text_file, monkeyp
     monkeypatch.setattr(pipeline, "_solve_group", real)
     duogpt.prune(str(src), out=tmp_path / "resumed", offload=True, **common)
     same_checkpoint(tmp_path / "straight", tmp_path / "resumed")
+    meta = json.loads((tmp_path / "resumed" / "duogpt.json").read_text())
+    assert [b["block"] for b in meta["block_seconds"]] == [0, 1, 2, 3]  # the first run's blocks kept their times
+    assert meta["resources"]["peak_rss_mb"] >= meta["resources"]["peak_rss_mb_before_resume"] > 0
 
 
 def test_offload_refuses_missing_or_truncated_shards(tmp_path, text_file):

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from duogpt.errors import UsageError
 from duogpt.files import atomic_path
 from duogpt.logs import log
+from duogpt.memory import peak_rss_mb
 from duogpt.models import Block
 from duogpt.pruning.distributed import barrier, share_object, world
 from duogpt.pruning.result import LinearReport, PruneResult
@@ -132,6 +133,8 @@ class WorkDir:
             "calib_act_sparsity": result.calib_act_sparsity,
             "linears": [asdict(r) for r in result.linears],
             "seconds": seconds,
+            "block_seconds": result.block_seconds,
+            "peak_rss_mb": max(peak_rss_mb(), result.resources.get("peak_rss_mb_before_resume") or 0.0),
             "fingerprint": self.fingerprint,
             "next_block": block.index + 1,
         }
@@ -157,5 +160,7 @@ class WorkDir:
         result.thresholds.update(saved["thresholds"])
         result.calib_act_sparsity.update(saved["calib_act_sparsity"])
         result.linears.extend(LinearReport(**r) for r in saved["linears"])
+        result.block_seconds[:] = saved.get("block_seconds", [])  # the finished blocks' timings, from any session
+        result.resources["peak_rss_mb_before_resume"] = saved.get("peak_rss_mb")
         torch.set_rng_state(saved["rng"])
         return first
