@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from duogpt import memory
 from duogpt.config import PruneConfig
 from duogpt.errors import UsageError
 from duogpt.logs import log
@@ -29,7 +30,7 @@ from duogpt.pruning.methods import Method, method_for
 from duogpt.pruning.offload import OffloadedBlocks
 from duogpt.pruning.result import LinearReport, PruneResult
 from duogpt.pruning.resume import WorkDir, fingerprint
-from duogpt.pruning.statistics import DenseRun, capture_inputs, collect, dense_run, group_inputs, run_block
+from duogpt.pruning.statistics import capture_inputs, collect, dense_run, group_inputs, run_block
 
 
 def stream_names(cfg: PruneConfig) -> list[str]:
@@ -89,6 +90,7 @@ def prune_model(
         result.block_seconds[-1]["total"] = time.perf_counter() - t0
         for sp in sparsifiers.values():
             sp.forget()
+        memory.trim()  # the block's temporaries are freed: keep the heap from creeping up block after block
     sparsify.reset_counters(model, counting=False)
     result.seconds = time.perf_counter() - start
     if work is not None:
@@ -147,10 +149,12 @@ def _prune_block(model, block: Block, streams: dict, kw: list[dict], cfg: PruneC
         if "calib" in streams:
             with sparsify.disabled(model), result.timed("forward"):
                 fit = group_inputs(block, group, streams["calib"], kw)
-        _solve_group(block, group, method, cfg, fit, dense, result)
-        del xs, fit
-        if dense is not None:
-            dense.inputs[group] = []  # this group's Xd is done with
+        xd = None if dense is None else dense.group_inputs(block, group)
+        with result.timed("statistics"):
+            stats = collect(method.statistics, fit, xd, dense.out_norm2 if dense is not None else {})
+        del xs, fit, xd  # the statistics are all a solve needs: the group's inputs go first
+        _solve_group(block, group, method, cfg, stats, result)
+        del stats
     del dense
     with result.timed("forward"):
         if "comp" in streams:
@@ -189,10 +193,8 @@ def _threshold(raw: list[torch.Tensor], block, group, cfg, split) -> float:
     return sparsify.kth_threshold(values, cfg.act_sparsity)
 
 
-def _solve_group(block, group, method: Method, cfg, inputs, dense: DenseRun | None, result: PruneResult) -> None:
+def _solve_group(block, group, method: Method, cfg, stats, result: PruneResult) -> None:
     """Solve every linear (every part of a fused one) of one group from its calibration statistics."""
-    with result.timed("statistics"):
-        stats = collect(method.statistics, inputs, dense, group)
     pattern = solvers.parse_pattern(cfg.pattern)
     parent = GROUPS[group][0]
     parts = [(linear, part) for lname, linear in block.groups[group].items() for part in block.parts(lname, linear)]

