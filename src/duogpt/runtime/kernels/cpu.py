@@ -61,33 +61,12 @@ def build(isa: str = "native") -> ctypes.CDLL:
                 first = (proc.stderr.strip().splitlines() or ["no output"])[0]
                 raise UsageError(f"building the CPU kernel with {cc} failed ({first}): check the compiler installation")
     dll = ctypes.CDLL(str(lib))
-    dll.duogpt_spmspv.restype = ctypes.c_int
-    dll.duogpt_spmspv.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_void_p,
-        ctypes.c_int64,
-        ctypes.c_int64,
-        ctypes.c_int64,
-        ctypes.c_void_p,
-        ctypes.c_int64,
-        ctypes.c_void_p,
-        ctypes.c_int,
-    ]
+    ptr, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+    packed = [ptr, ptr, i32, ptr, i64, i64, i64]  # bitmaps, values, dtype code / element size, offsets, n, k, tile
+    dll.duogpt_spmspv.restype = dll.duogpt_unpack.restype = ctypes.c_int
+    dll.duogpt_spmspv.argtypes = [*packed, ptr, i64, ptr, i32]  # x, batch, y, threads
+    dll.duogpt_unpack.argtypes = [*packed, ptr, i32]  # out, threads
     dll.duogpt_spmspv_isa.restype = ctypes.c_char_p
-    dll.duogpt_unpack.restype = ctypes.c_int
-    dll.duogpt_unpack.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_void_p,
-        ctypes.c_int64,
-        ctypes.c_int64,
-        ctypes.c_int64,
-        ctypes.c_void_p,
-        ctypes.c_int,
-    ]
     return dll
 
 
