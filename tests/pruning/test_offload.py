@@ -111,7 +111,9 @@ def test_offload_peak_memory_is_well_below_the_in_memory_one(tmp_path, text_file
         resources = json.loads(subprocess.run(run, capture_output=True, text=True, check=True).stdout)
         peaks[flag] = resources["peak_rss_mb"]
         assert resources["estimated_memory_mb"] >= peaks[flag], resources  # the estimate is an upper bound
-    assert peaks["1"] < peaks["0"] - 0.5 * model_mb, (peaks, model_mb)
+    # measured: 1098 vs 1351 MB for a 517 MB model (the in-memory prune no longer holds copies of
+    # every group's inputs through the solve, so its peak is closer to model + working set)
+    assert peaks["1"] < peaks["0"] - 0.35 * model_mb, (peaks, model_mb)
     assert torch.equal(
         torch.tensor(list((tmp_path / "out0" / "duogpt-00001.safetensors").read_bytes()[:4096])),
         torch.tensor(list((tmp_path / "out1" / "duogpt-00001.safetensors").read_bytes()[:4096])),
