@@ -41,6 +41,7 @@ from duogpt.runtime.linear import (
     packed_form,
     read_packed,
     to_sparse_runtime,
+    weight_facts,
 )
 from duogpt.shards import ShardReader, ShardWriter
 
@@ -74,7 +75,8 @@ class CheckpointWriter:
         for qual, linear in block.linears().items():
             name = f"{self.prefix}.{block.index}.{qual}.weight"
             linear_weights.add(f"{qual}.weight")
-            dense = linear.out_features * linear.in_features * _element_size(linear)
+            n, k, value_bytes, _ = weight_facts(linear)
+            dense = n * k * value_bytes
             self.dense_bytes += dense
             sp = packed_form(linear) if self.layout == "compact" else None
             if sp is not None and sp.nbytes() < dense:
@@ -118,11 +120,6 @@ class CheckpointWriter:
             "sparse_format": {"bytes": self.packed_bytes, "dense_bytes": self.packed_dense_bytes},
         }
         (self.directory / META_FILE).write_text(json.dumps(meta, indent=1))
-
-
-def _element_size(linear) -> int:
-    values = getattr(linear, "values", None)  # a packed runtime linear: its values' dtype
-    return (values if isinstance(values, torch.Tensor) else linear.weight).element_size()
 
 
 @contextlib.contextmanager

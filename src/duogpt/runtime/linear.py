@@ -98,9 +98,6 @@ class DualSparseLinear(nn.Linear):
     def weight(self) -> torch.Tensor:
         return self._unpacked(reuse=False)
 
-    def packed_nbytes(self) -> int:
-        return self.sp.nbytes()
-
     def _unpacked(self, reuse: bool) -> torch.Tensor:
         """The dense weight, in the thread's reused buffer (``reuse``) or a new tensor."""
         n, k = self.out_features, self.in_features
