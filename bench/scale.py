@@ -148,6 +148,11 @@ def fit_and_extrapolate(blocks: list[dict], tokens: int, targets: dict[str, tupl
     return {"median_block": median, "extrapolated": out}
 
 
+def block_total(b: dict) -> float:
+    """A block's wall time (states saved by older versions lack the total of the block saved last: its phases)."""
+    return b.get("total", sum(b.get(p, 0.0) for p in ("forward", "statistics", "solve", "io")))
+
+
 def report_markdown(result: dict) -> str:
     rows = []
     for method, run in result["runs"].items():
@@ -156,7 +161,8 @@ def report_markdown(result: dict) -> str:
                 [
                     method,
                     str(b["block"]),
-                    *(f"{b.get(p, 0.0):.1f}" for p in ("forward", "statistics", "solve", "io", "total")),
+                    *(f"{b.get(p, 0.0):.1f}" for p in ("forward", "statistics", "solve", "io")),
+                    f"{block_total(b):.1f}",
                 ]
             )
     res = {m: r["resources"] for m, r in result["runs"].items()}
@@ -181,11 +187,15 @@ def report_markdown(result: dict) -> str:
             ],
         ),
     ]
-    pairs = [(m, m.replace("duogpt", "sparsegpt")) for m in result["runs"] if m.startswith("duogpt")]
-    for d_name, s_name in pairs:
-        if s_name in result["runs"]:
-            d, s = (sum(b["total"] for b in result["runs"][m]["block_seconds"]) for m in (d_name, s_name))
-            lines.append(f"DuoGPT / SparseGPT time over the same blocks ({s_name}): {d / s:.2f}x.\n")
+    for s_name in (m for m in result["runs"] if m.startswith("sparsegpt")):
+        s_blocks = result["runs"][s_name]["block_seconds"]
+        d_name = s_name.replace("sparsegpt", "duogpt")
+        d_name = d_name if d_name in result["runs"] else "duogpt"  # else the same first blocks of the whole run
+        d_blocks = result["runs"][d_name]["block_seconds"][: len(s_blocks)]
+        d, s = (sum(block_total(b) for b in blocks) for blocks in (d_blocks, s_blocks))
+        lines.append(
+            f"DuoGPT / SparseGPT time over the same {len(s_blocks)} blocks ({d_name} vs {s_name}): {d / s:.2f}x.\n"
+        )
     lines.append("Extrapolated from the median DuoGPT block (linear in each phase's work):\n")
     ext = result["fit"]["extrapolated"]
     lines.append(markdown(["run", "hours on this machine"], [[k, f"{v['hours']:.1f}"] for k, v in ext.items()]))
@@ -205,6 +215,12 @@ def main() -> int:
         default=4,
         help="SparseGPT (and DuoGPT) also on a model of only the first N blocks, for the time ratio (0: skip)",
     )
+    p.add_argument(
+        "--compare-methods",
+        default="duogpt,sparsegpt",
+        help="methods pruned on the first-N-blocks model (default: duogpt,sparsegpt; with sparsegpt alone, "
+        "DuoGPT's side is the same first blocks of the whole run)",
+    )
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
     args = p.parse_args()
@@ -223,7 +239,7 @@ def main() -> int:
     if args.compare_blocks:  # the first N blocks are the same tensors (one seeded generator, blocks first)
         small = args.work / f"model-{args.compare_blocks}-blocks"
         make_model(small, args.compare_blocks)
-        for method in ("duogpt", "sparsegpt"):
+        for method in args.compare_methods.split(","):
             out = args.work / f"out-{method}-{args.compare_blocks}-blocks"
             runs[f"{method} ({args.compare_blocks} blocks)"] = (
                 json.loads((out / "duogpt.json").read_text())

@@ -71,6 +71,10 @@ def test_offload_crash_then_resume_is_bit_identical(tmp_path, text_file, monkeyp
     meta = json.loads((tmp_path / "resumed" / "duogpt.json").read_text())
     assert [b["block"] for b in meta["block_seconds"]] == [0, 1, 2, 3]  # the first run's blocks kept their times
     assert meta["resources"]["peak_rss_mb"] >= meta["resources"]["peak_rss_mb_before_resume"] > 0
+    assert meta["resources"]["resume_seconds"] >= 0  # reading the finished blocks back is counted apart
+    for record in meta["block_seconds"]:  # every block has its total, also the one saved last before the crash
+        phases = sum(record.get(p, 0.0) for p in ("forward", "statistics", "solve", "io"))
+        assert record["total"] >= phases * 0.99
 
 
 def test_offload_refuses_missing_or_truncated_shards(tmp_path, text_file):

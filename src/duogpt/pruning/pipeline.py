@@ -69,8 +69,12 @@ def prune_model(
     saved = work.load() if work is not None else None
     if saved is not None:
         first = work.restore(saved, streams, result, device)
+        finished, result.block_seconds[:] = list(result.block_seconds), []  # reading back is no block's time
+        t_restore = time.perf_counter()
         for block in blocks[:first]:
-            _with_block(blocks_io, block, lambda b: work.restore_block(b, device), result)  # untimed: no block yet
+            _with_block(blocks_io, block, lambda b: work.restore_block(b, device), result)
+        result.block_seconds[:] = finished
+        result.resources["resume_seconds"] = time.perf_counter() - t_restore
         sparsifiers = sparsify.install(model, result.thresholds, cfg.sparsify_prefill)
         start -= saved["seconds"]
         log.info("resuming from block %d of %d (state in %s)", first, len(blocks), work.path)

@@ -63,6 +63,9 @@ def streams_file() -> str:
     return STREAMS_FILE if size == 1 else f"streams-rank{rank}.safetensors"
 
 
+PHASES = ("forward", "statistics", "solve", "io")
+
+
 class WorkDir:
     def __init__(self, path: str | Path, fingerprint: str):
         self.path = Path(path)
@@ -161,6 +164,8 @@ class WorkDir:
         result.calib_act_sparsity.update(saved["calib_act_sparsity"])
         result.linears.extend(LinearReport(**r) for r in saved["linears"])
         result.block_seconds[:] = saved.get("block_seconds", [])  # the finished blocks' timings, from any session
+        for record in result.block_seconds:  # a state is saved inside its last block, before that block's total
+            record.setdefault("total", sum(v for key, v in record.items() if key in PHASES))
         result.resources["peak_rss_mb_before_resume"] = saved.get("peak_rss_mb")
         torch.set_rng_state(saved["rng"])
         return first
