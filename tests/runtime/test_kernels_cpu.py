@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from duogpt.runtime.format import pack, spmspv_reference
-from duogpt.runtime.kernels.cpu import ISA_FLAGS, CpuSpMSpV, unpack_into
+from duogpt.runtime.kernels.cpu import ISA_FLAGS, CpuSpMSpV, unpack_into, variants_available
 
 TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 
@@ -96,3 +96,50 @@ def test_unpack_is_exact(isa, dtype, shape, tile):
     view = unpack_into(pack(W, tile), out[: W.numel()], threads=2, isa=isa)
     assert torch.equal(view, W) and view.shape == W.shape
     assert torch.equal(out[W.numel() :], torch.full((8,), 7.0, dtype=dtype))
+
+
+VARIANTS, HAS_DP = variants_available()
+FLAGS = [v for v in VARIANTS if v] + ([1 | 16, 2 | 16] if HAS_DP else [])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("tile", [64, 128, 256, 512, 1024, 4096])
+@pytest.mark.parametrize("exact_x", [True, False])
+def test_every_variant_gives_the_same_bits(dtype, tile, exact_x):
+    """All variants sum each row's products in the active columns' order with one rounding per add
+    (vdpbf16ps with a zero partner is such an add), so they agree bit for bit, on any tile height,
+    bfloat16-exact inputs (the vdpbf16ps path) or not (shift + FMA), and match the reference."""
+    from duogpt.runtime.kernels.cpu import retile
+
+    W, x = problem(700, 90, 0.5, 0.4, dtype, seed=2)
+    x = x[0].to(torch.bfloat16).float() if exact_x else x[0]
+    sp = retile(pack(W, tile_rows=64), tile)
+    base = CpuSpMSpV(sp, threads=2, variant=0)(x)
+    torch.testing.assert_close(base, spmspv_reference(sp, x), rtol=1e-5, atol=1e-5)
+    for variant in FLAGS:
+        assert torch.equal(CpuSpMSpV(sp, threads=2, variant=variant)(x), base), variant
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(700, 90), (64, 3), (1, 5), (2049, 17)])
+def test_retile_is_exact_and_reversible(dtype, shape):
+    from duogpt.runtime.format import unpack, validate
+    from duogpt.runtime.kernels.cpu import retile
+
+    W, _ = problem(*shape, 0.6, 0.0, dtype, seed=3)
+    sp = pack(W, tile_rows=256)
+    for tile in (64, 192, 320, 1024, 4096):
+        other = retile(sp, tile)
+        validate(other)
+        assert other.tile_rows == tile and torch.equal(unpack(other), W)
+        back = retile(other, 256)
+        for a, b in zip((back.bitmaps, back.values, back.offsets), (sp.bitmaps, sp.values, sp.offsets), strict=True):
+            assert torch.equal(a, b)
+
+
+def test_flush_keeps_the_data():
+    from duogpt.runtime.kernels.cpu import flush
+
+    t = torch.arange(10_000, dtype=torch.float32)
+    assert flush(t) in (True, False)
+    assert torch.equal(t, torch.arange(10_000, dtype=torch.float32))

@@ -19,6 +19,7 @@ from duogpt.runtime.kernels import triton_spmspv
 from duogpt.runtime.linear import (
     GPU_PATH_ENV,
     DualSparseLinear,
+    choose_tile_rows,
     linears_by_name,
     packed_form,
     to_sparse_runtime,
@@ -129,21 +130,30 @@ def test_cli_generate_both_runtimes_same_text(tiny_checkpoint, text_file, tmp_pa
 
 
 def test_bench_gemv_records():
-    result = bench.gemv(
+    from duogpt.runtime import bench_gemv
+
+    result = bench_gemv.gemv(
         shapes=[(130, 70)],
-        dtypes=(torch.float32,),
+        dtypes=(torch.float32, torch.bfloat16),
         sparsities=[(0.0, 0.0), (0.5, 0.5)],
         repeats=5,
         tile_rows=64,
-        evict_mb=1,
         progress=lambda _: None,
+        batch_rows=(4,),
     )
-    assert result["bandwidth_gbps"] > 0
+    assert result["bandwidth_gbps"] > 0 and result["machine"]["caches"]
+    assert [(r["p_w"], r["p_x"], r["rows"]) for r in result["records"][:3]] == [(0, 0, 1), (0.5, 0.5, 1), (0.5, 0.5, 4)]
     for rec in result["records"]:
-        for key in ("shape", "dtype", "p_w", "p_x", "dense_ms", "sparse_ms", "speedup", "sparse_gbps"):
+        for key in ("dense_ms", "sparse_ms", "base_ms", "roofline_ms", "speedup", "roofline_speedup", "plan"):
             assert key in rec
-        assert rec["max_abs_error"] < 1e-3
-    assert "of bandwidth" in bench.gemv_markdown(result)
+        assert rec["max_abs_error"] < 1e-3 * (1 + 70 * (rec["dtype"] == "bfloat16"))
+        assert rec["roofline_ms"] == pytest.approx(
+            130 * 70 * (4 if rec["dtype"] == "float32" else 2) / result["bandwidth_gbps"] / 1e6
+        )
+        assert ("own_dense_speedup" in rec) == (rec["rows"] == 1)
+    assert "vs roofline" in bench_gemv.gemv_markdown(result)
+    assert {v["dtype"] for v in result["variants"]} == {"float32", "bfloat16"}
+    assert all(v["ms"] and min(v["ms"].values()) > 0 for v in result["variants"])
 
 
 def test_bench_decode_on_a_small_random_stack():
@@ -161,7 +171,8 @@ def test_bench_decode_on_a_small_random_stack():
     )
     (rec,) = result["records"]
     assert rec["dense_tok_s"] > 0 and rec["sparse_tok_s"] > 0 and rec["same_greedy_tokens"]
-    assert "tok/s" in bench.decode_markdown(result)
+    assert rec["roofline_tok_s"] == pytest.approx(result["bandwidth_gbps"] * 1e9 / rec["dense_bytes_per_token"])
+    assert "dense roofline tok/s" in bench.decode_markdown(result)
 
 
 def test_bench_deploy_on_a_tiny_checkpoint(tiny_checkpoint, text_file, tmp_path):
@@ -176,3 +187,29 @@ def test_bench_deploy_on_a_tiny_checkpoint(tiny_checkpoint, text_file, tmp_path)
     assert all(s["prefill_seconds"] > 0 and s["decode_tok_s"] > 0 for s in result["speed"].values())
     assert 0 < result["size"]["ratio"] < 1
     assert "decode tok/s" in bench_deploy.deploy_markdown(result)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cpu_plan_retiles_at_load_and_checkpoints_keep_the_stored_layout(monkeypatch, dtype):
+    """A plan's tile height is a run-time layout: same products; checkpoints and GPU moves get the stored one."""
+    from duogpt.runtime.format import pack
+    from duogpt.runtime.kernels import tune
+
+    monkeypatch.setenv(tune.PLAN_ENV, "2:512")
+    gen = torch.Generator().manual_seed(0)
+    dense = torch.nn.Linear(90, 700, bias=False).to(dtype)
+    dense.weight.data[torch.rand(700, 90, generator=gen) < 0.5] = 0
+    linear = DualSparseLinear.from_linear(dense)
+    stored_rows = choose_tile_rows(700)
+    assert (linear.tile_rows, linear.variant) == (512, 2) and linear.stored_tile_rows == stored_rows
+    x = torch.randn(1, 90, generator=gen).to(dtype)
+    x[:, ::2] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(linear(x).float(), F.linear(x, dense.weight).float(), rtol=2e-2, atol=2e-2)
+    stored, expected = packed_form(linear), pack(dense.weight.data, stored_rows)
+    assert stored.tile_rows == stored_rows and torch.equal(stored.values, expected.values)
+    assert torch.equal(stored.bitmaps, expected.bitmaps) and torch.equal(stored.offsets, expected.offsets)
+    linear.to(dtype)  # staying on the CPU keeps the plan
+    assert linear.tile_rows == 512
+    linear.to("meta")  # leaving it restores the stored tiles first
+    assert (linear.tile_rows, linear.variant) == (stored_rows, 0)

@@ -7,7 +7,7 @@ import json
 from duogpt.cli import options
 from duogpt.errors import UsageError
 from duogpt.files import write_text
-from duogpt.runtime import bench, bench_deploy
+from duogpt.runtime import bench, bench_deploy, bench_gemv
 
 
 def add(sub) -> None:
@@ -37,8 +37,8 @@ def run(args) -> int:
     options.check_outputs(args.json, args.markdown)
     if args.kind == "gemv":
         shapes = bench.DEFAULT_MODEL_SHAPES if args.quick else None
-        result = bench.gemv(shapes=shapes, repeats=10 if args.quick else args.repeats)
-        text = bench.gemv_markdown(result)
+        result = bench_gemv.gemv(shapes=shapes, repeats=10 if args.quick else args.repeats)
+        text = bench_gemv.gemv_markdown(result)
     elif args.kind == "decode":
         result = bench.decode(args.checkpoint, layers=args.layers, rounds=args.rounds)
         text = bench.decode_markdown(result)

@@ -1,9 +1,5 @@
-"""Benchmarks: dense torch GEMV against the dual-sparse kernel, side by side in one run.
-
-Every record is measured in the same process, dense and sparse runs interleaved,
-medians of many repeats; ``bandwidth_gbps`` is this machine's read bandwidth measured in
-the same run (a large ``sum``), so ``sparse_gbps / bandwidth_gbps`` says how close the
-kernel gets to the bound.
+"""Benchmarks: decode tokens/s of dense vs sparse models, side by side in one run, and the
+helpers the GEMV benchmark (bench_gemv.py) shares: machine facts, read bandwidth, random problems.
 """
 
 from __future__ import annotations
@@ -20,7 +16,7 @@ from duogpt.logs import muted
 from duogpt.pruning.pipeline import prune_model
 from duogpt.pruning.sparsify import install
 from duogpt.report import markdown
-from duogpt.runtime.format import DEFAULT_TILE_ROWS, SparseLinear, pack
+from duogpt.runtime.format import DEFAULT_TILE_ROWS, pack
 from duogpt.runtime.generate import greedy
 from duogpt.runtime.kernels.cpu import CpuSpMSpV
 from duogpt.runtime.linear import to_sparse_runtime
@@ -44,18 +40,49 @@ def machine_info() -> dict:
         "machine": platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "caches": cache_sizes(),
     }
 
 
-def read_bandwidth_gbps(megabytes: int = 512, repeats: int = 7) -> float:
-    """Read bandwidth: median time of summing a buffer much larger than the caches."""
+def cache_sizes() -> dict[str, int]:
+    """Bytes per cache level of CPU 0 ('L1d', 'L2', 'L3', ...), from sysfs; empty where unknown."""
+    out = {}
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    for i in range(8):
+        try:
+            with open(f"{base}/index{i}/level") as f:
+                level = f.read().strip()
+            with open(f"{base}/index{i}/type") as f:
+                kind = f.read().strip()
+            with open(f"{base}/index{i}/size") as f:
+                size = f.read().strip()
+        except OSError:
+            break
+        if kind == "Instruction":
+            continue
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        out[f"L{level}" + ("d" if kind == "Data" else "")] = int(size.rstrip("KMG")) * units.get(size[-1], 1)
+    return out
+
+
+def read_bandwidth_gbps(megabytes: int | None = None, repeats: int = 7) -> float:
+    """Read bandwidth: the faster of torch's ``sum`` and the kernel library's streaming sum over a
+    buffer of twice the last-level cache (at least 512 MiB), median of ``repeats`` each. The roofline
+    comparisons divide by it, so it is taken as high as measured (the harder baseline)."""
+    from duogpt.runtime.kernels.cpu import stream_sum
+
+    if megabytes is None:
+        megabytes = max(512, 2 * max(cache_sizes().values(), default=0) >> 20)
     buf = torch.ones(megabytes * (1 << 20) // 4, dtype=torch.float32)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        buf.sum()
-        times.append(time.perf_counter() - t0)
-    return buf.numel() * 4 / statistics.median(times) / 1e9
+    best = 0.0
+    for reader in (lambda: buf.sum(), lambda: stream_sum(buf)):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            reader()
+            times.append(time.perf_counter() - t0)
+        best = max(best, buf.numel() * 4 / statistics.median(times) / 1e9)
+    return best
 
 
 def kernel_bytes(kernel: CpuSpMSpV, x: torch.Tensor) -> int:
@@ -68,15 +95,6 @@ def kernel_bytes(kernel: CpuSpMSpV, x: torch.Tensor) -> int:
     return int(seg_values.sum()) * sp.values.element_size() + n_segments * (words * 8 + 8) + x.numel() * 4
 
 
-def _time(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 def random_problem(shape, pw, px, dtype, seed=0):
     gen = torch.Generator().manual_seed(seed)
     n, k = shape
@@ -87,97 +105,6 @@ def random_problem(shape, pw, px, dtype, seed=0):
     if px:
         x[torch.rand(k, generator=gen) < px] = 0
     return W.to(dtype), x
-
-
-def _rotation(W: torch.Tensor, sp: SparseLinear, evict_mb: int):
-    """Copies of the dense and the packed weight that together exceed ``evict_mb`` MiB, served in turn.
-
-    Cycling through them means no call finds its weights in the caches (decode reads every
-    layer once per token). Returns (dense_fn(x), sparse_fn(x), number of copies).
-    """
-    copies = min(1000, max(1, -(-evict_mb * (1 << 20) // (W.numel() * W.element_size()))))
-    dense_ws = [W] + [W.clone() for _ in range(copies - 1)]
-    kernels = [CpuSpMSpV(sp)] + [
-        CpuSpMSpV(SparseLinear(sp.bitmaps.clone(), sp.values.clone(), sp.offsets.clone(), sp.shape, sp.tile_rows))
-        for _ in range(copies - 1)
-    ]
-    turn = {"dense": 0, "sparse": 0}
-
-    def dense_fn(x):
-        turn["dense"] = (turn["dense"] + 1) % len(dense_ws)
-        return torch.mv(dense_ws[turn["dense"]], x)
-
-    def sparse_fn(x):
-        turn["sparse"] = (turn["sparse"] + 1) % len(kernels)
-        return kernels[turn["sparse"]](x)
-
-    return dense_fn, sparse_fn, copies
-
-
-def gemv_record(shape, dtype, pw: float, px: float, repeats: int, tile_rows: int, evict_mb: int) -> dict:
-    """One shape x dtype x (p_w, p_x): medians of interleaved dense and sparse calls, bytes, error."""
-    W, x = random_problem(shape, pw, px, dtype)
-    xd = x.to(dtype)
-    sp = pack(W, tile_rows=tile_rows)
-    kernel = CpuSpMSpV(sp)
-    dense_fn, sparse_fn, copies = _rotation(W, sp, evict_mb)
-    dense_fn(xd)
-    sparse_fn(x)
-    dense_t, sparse_t = [], []
-    for _ in range(repeats // 5):  # interleave: 5 dense, 5 sparse, ...
-        dense_t += _time(lambda: dense_fn(xd), 5)
-        sparse_t += _time(lambda: sparse_fn(x), 5)
-    dense_ms, sparse_ms = statistics.median(dense_t) * 1e3, statistics.median(sparse_t) * 1e3
-    need = kernel_bytes(kernel, x)
-    return {
-        "shape": list(shape),
-        "dtype": str(dtype).replace("torch.", ""),
-        "p_w": pw,
-        "p_x": px,
-        "dense_ms": dense_ms,
-        "sparse_ms": sparse_ms,
-        "speedup": dense_ms / sparse_ms,
-        "dense_gbps": W.numel() * W.element_size() / dense_ms / 1e6,
-        "sparse_gbps": need / sparse_ms / 1e6,
-        "sparse_bytes": need,
-        "max_abs_error": float((kernel(x) - (W.float() @ x)).abs().max()),
-        "isa": kernel.isa,
-        "copies": copies,
-    }
-
-
-def gemv(
-    shapes=None,
-    dtypes=(torch.float32, torch.bfloat16),
-    sparsities=None,
-    repeats: int = 50,
-    tile_rows: int = DEFAULT_TILE_ROWS,
-    progress=print,
-    evict_mb: int = 256,
-) -> dict:
-    """Dense ``torch`` GEMV vs the dual-sparse kernel for every shape x dtype x (p_w, p_x).
-
-    Each side cycles through copies of its weights totalling at least ``evict_mb`` MiB.
-    """
-    bandwidth = read_bandwidth_gbps()
-    records = []
-    for shape in shapes or LLAMA7B_SHAPES + DEFAULT_MODEL_SHAPES:
-        for dtype in dtypes:
-            for pw, px in sparsities or SPARSITIES:
-                rec = gemv_record(shape, dtype, pw, px, repeats, tile_rows, evict_mb)
-                records.append(rec)
-                progress(
-                    f"{shape[0]}x{shape[1]} {rec['dtype']:>8} pw={pw} px={px}: dense {rec['dense_ms']:.3f} ms, "
-                    f"sparse {rec['sparse_ms']:.3f} ms, {rec['speedup']:.2f}x, {rec['sparse_gbps']:.1f} GB/s"
-                )
-    return {
-        "kind": "gemv",
-        "machine": machine_info(),
-        "bandwidth_gbps": bandwidth,
-        "tile_rows": tile_rows,
-        "repeats": repeats,
-        "records": records,
-    }
 
 
 def interleaved_rates(sides: list, input_ids, new_tokens: int, rounds: int) -> tuple[list[float], list[list[int]]]:
@@ -238,16 +165,19 @@ def decode(
     """Decode tokens/s of the dense vs the sparse runtime, on a pruned checkpoint and a 7B-shaped stack
     (both moved to ``device`` to run; on CUDA the sparse runtime decodes through the Triton kernel)."""
     records = []
+    bandwidth = read_bandwidth_gbps() if device == "cpu" else None
     if checkpoint is not None:
         model, tokenizer, meta = ckpt.load(checkpoint, device=device, runtime="sparse")
         dense_model, _, _ = ckpt.load(checkpoint, device=device, runtime="dense")
         ids = tokenizer("The jury said it did find that many of Georgia's registration laws", return_tensors="pt")
         ids = ids["input_ids"].to(device)
         dense, sparse, t_dense, t_sparse = decode_rates(dense_model, model, ids, new_tokens, rounds)
+        bytes_per_token = linear_bytes(dense_model)
         del dense_model
         records.append(
             _decode_record(f"checkpoint {checkpoint}", str(model.dtype), dense, sparse, t_dense, t_sparse, meta)
         )
+        records[-1].update(_roofline(bytes_per_token, bandwidth, sparse))
         progress(_decode_line(records[-1]))
     model = random_llama(layers, dtype, **shape)
     gen = torch.Generator().manual_seed(0)
@@ -273,8 +203,33 @@ def decode(
             None,
         )
     )
+    records[-1].update(_roofline(linear_bytes(model), bandwidth, sparse))
     progress(_decode_line(records[-1]))
-    return {"kind": "decode", "machine": machine_info(), "new_tokens": new_tokens, "rounds": rounds, "records": records}
+    return {
+        "kind": "decode",
+        "machine": machine_info(),
+        "bandwidth_gbps": bandwidth,
+        "new_tokens": new_tokens,
+        "rounds": rounds,
+        "records": records,
+    }
+
+
+def linear_bytes(model) -> int:
+    """Bytes of every linear weight (the head included): what a dense decode step reads at least."""
+    return sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def _roofline(bytes_per_token: int, bandwidth: float | None, sparse_tok_s: float) -> dict:
+    """The dense memory roofline (bandwidth / weight bytes per token) and the sparse runtime against it."""
+    if bandwidth is None:
+        return {}
+    roofline = bandwidth * 1e9 / bytes_per_token
+    return {
+        "dense_bytes_per_token": bytes_per_token,
+        "roofline_tok_s": roofline,
+        "roofline_speedup": sparse_tok_s / roofline,
+    }
 
 
 def _decode_record(model, dtype, dense, sparse, t_dense, t_sparse, meta) -> dict:
@@ -292,33 +247,10 @@ def _decode_record(model, dtype, dense, sparse, t_dense, t_sparse, meta) -> dict
 
 
 def _decode_line(r: dict) -> str:
+    roof = f", dense roofline {r['roofline_tok_s']:.2f} tok/s" if "roofline_tok_s" in r else ""
     return (
         f"{r['model']} ({r['dtype']}): dense {r['dense_tok_s']:.2f} tok/s, sparse {r['sparse_tok_s']:.2f} tok/s, "
-        f"{r['speedup']:.2f}x, same tokens: {r['same_greedy_tokens']}"
-    )
-
-
-def gemv_markdown(result: dict) -> str:
-    rows = [
-        [
-            f"{r['shape'][0]}x{r['shape'][1]}",
-            r["dtype"],
-            f"{r['p_w']:.1f}/{r['p_x']:.1f}",
-            f"{r['dense_ms']:.3f}",
-            f"{r['sparse_ms']:.3f}",
-            f"{r['speedup']:.2f}x",
-            f"{r['sparse_gbps']:.1f}",
-            f"{r['sparse_gbps'] / result['bandwidth_gbps']:.0%}",
-        ]
-        for r in result["records"]
-    ]
-    head = ["shape", "dtype", "p_w/p_x", "dense ms", "sparse ms", "speedup", "sparse GB/s", "of bandwidth"]
-    m = result["machine"]
-    isa = result["records"][0]["isa"] if result["records"] else "n/a"
-    return (
-        f"GEMV, dense torch vs the dual-sparse kernel ({isa}). Machine: {m['cpu']}, {m['threads']} threads, "
-        f"torch {m['torch']}; read bandwidth {result['bandwidth_gbps']:.1f} GB/s measured in the same run; "
-        f"medians of {result['repeats']} interleaved calls per side.\n\n" + markdown(head, rows)
+        f"{r['speedup']:.2f}x{roof}, same tokens: {r['same_greedy_tokens']}"
     )
 
 
@@ -330,16 +262,26 @@ def decode_markdown(result: dict) -> str:
             f"{r['dense_tok_s']:.2f}",
             f"{r['sparse_tok_s']:.2f}",
             f"{r['speedup']:.2f}x",
+            f"{r['roofline_tok_s']:.2f}" if "roofline_tok_s" in r else "",
+            f"{r['roofline_speedup']:.2f}x" if "roofline_speedup" in r else "",
             "yes" if r["same_greedy_tokens"] else f"no (from token {r['first_divergence']})",
         ]
         for r in result["records"]
     ]
-    head = ["model", "dtype", "dense tok/s", "sparse tok/s", "speedup", "same greedy tokens"]
+    head = ["model", "dtype", "dense tok/s", "sparse tok/s", "vs dense", "dense roofline tok/s", "vs roofline",
+            "same greedy tokens"]  # fmt: skip
     m = result["machine"]
+    bw = result.get("bandwidth_gbps")
+    roof = (
+        f" Dense roofline: read bandwidth ({bw:.1f} GB/s, measured in the same run) / bytes of all linear "
+        "weights, the head included (a dense decode step reads at least these)."
+        if bw
+        else ""
+    )
     return (
         "Decode, dense runtime (masked dense weights) vs sparse runtime (packed weights, spMspV kernel), two "
         f"models with the same sparsifiers. Machine: {m['cpu']}, {m['threads']} threads; "
-        f"{result['new_tokens']} new tokens, median of {result['rounds']} interleaved rounds.\n\n"
+        f"{result['new_tokens']} new tokens, median of {result['rounds']} interleaved rounds.{roof}\n\n"
         + markdown(head, rows)
     )
 

@@ -95,13 +95,20 @@ def pack(weight: torch.Tensor, tile_rows: int = DEFAULT_TILE_ROWS) -> SparseLine
     mask = tiles != 0
     bitmaps = _bits_to_words(mask)
     values = tiles[mask].contiguous()  # tile-major, column, row order
-    counts = mask.sum(-1).reshape(-1)
-    offsets = torch.zeros(n_tiles * k + 1, dtype=torch.int64)
-    offsets[1:] = counts.cumsum(0)
-    ends = offsets[1:].view(n_tiles, k)
-    starts = offsets[:-1].view(n_tiles, k)
-    offsets_2d = torch.cat([starts, ends[:, -1:]], dim=1).contiguous()
-    return SparseLinear(bitmaps.contiguous(), values, offsets_2d, (n, k), tile_rows)
+    bitmaps = bitmaps.contiguous()
+    return SparseLinear(bitmaps, values, segment_offsets(bitmaps), (n, k), tile_rows)
+
+
+def segment_offsets(bitmaps: torch.Tensor, step: int = 1) -> torch.Tensor:
+    """The (n_tiles, k + 1) offsets of the segments the (n_tiles, k, words) bitmaps describe, each
+    segment's start rounded up to a multiple of ``step`` elements (1: packed back to back)."""
+    n_tiles, k, _ = bitmaps.shape
+    counts = bit_counts(bitmaps).reshape(-1)
+    if step > 1:
+        counts = (counts + step - 1) // step * step
+    flat = torch.zeros(n_tiles * k + 1, dtype=torch.int64)
+    flat[1:] = counts.cumsum(0)
+    return torch.cat([flat[:-1].view(n_tiles, k), flat[k::k].view(n_tiles, 1)], dim=1).contiguous()
 
 
 def unpack(sp: SparseLinear) -> torch.Tensor:

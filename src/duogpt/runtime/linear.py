@@ -29,8 +29,8 @@ from torch import nn
 from duogpt.errors import UsageError
 from duogpt.models import find_blocks
 from duogpt.runtime.format import DEFAULT_TILE_ROWS, SparseLinear, pack, validate
-from duogpt.runtime.kernels import triton_spmspv
-from duogpt.runtime.kernels.cpu import CpuSpMSpV, pad_elements, padded_values, unpack_into
+from duogpt.runtime.kernels import triton_spmspv, tune
+from duogpt.runtime.kernels.cpu import CpuSpMSpV, pad_elements, padded_values, retile, unpack_into
 from duogpt.shards import ShardReader
 
 PACKED_PREFIX = "duogpt-sparse"  # format 1: shards duogpt-sparse-NNNNN.safetensors beside the dense ones
@@ -70,17 +70,51 @@ class DualSparseLinear(nn.Linear):
     or export weights; the forward pass never reads it).
     """
 
-    def __init__(self, sp: SparseLinear, bias: torch.Tensor | None = None):
+    def __init__(self, sp: SparseLinear, bias: torch.Tensor | None = None, plan: bool = True):
+        """``plan``: on the CPU, choose this machine's kernel variant and tile height now (kernels/tune.py)."""
         nn.Module.__init__(self)
         validate(sp)
         self.out_features, self.in_features = sp.shape
-        self.tile_rows, self.nnz = sp.tile_rows, sp.values.numel()
+        self.stored_tile_rows = sp.tile_rows  # the machine-independent layout checkpoints keep
+        self.variant, self.nnz = 0, sp.values.numel()
+        self._set_packed(sp)
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        self.use_kernel = True
+        if plan and sp.values.device.type == "cpu":
+            self.plan_cpu()
+
+    def _set_packed(self, sp: SparseLinear) -> None:
+        """Hold ``sp`` (any layout of this weight: its values may leave gaps between aligned segments)."""
+        self.tile_rows, self.values_len = sp.tile_rows, sp.values.numel()
         self.register_buffer("bitmaps", sp.bitmaps, persistent=False)
         self.register_buffer("values", padded_values(sp.values), persistent=False)
         self.register_buffer("offsets", sp.offsets, persistent=False)
-        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
-        self.use_kernel = True
         self._cpu_kernel: CpuSpMSpV | None = None
+
+    def plan_cpu(self) -> None:
+        """Re-tile to the tile height, and take the kernel variant, this CPU decodes the shape fastest with
+        (measured once per machine and shape, then cached; ``DUOGPT_KERNEL_PLAN`` overrides)."""
+        n, k = self.out_features, self.in_features
+        chosen = tune.plan(n, k, self.values.dtype, self.nnz / (n * k), self.stored_tile_rows)
+        if chosen != tune.Plan(0, self.stored_tile_rows):
+            self._set_packed(retile(self.sp, chosen.tile_rows, chosen.align))
+        self.variant = chosen.variant
+
+    @property
+    def retiled(self) -> bool:
+        return self.values_len != self.nnz or self.tile_rows != self.stored_tile_rows
+
+    def stored(self) -> SparseLinear:
+        """The packed weight in the layout it was stored with (what checkpoints write)."""
+        sp = self.sp
+        return retile(sp, self.stored_tile_rows) if self.retiled else sp
+
+    def _apply(self, fn, recurse=True):
+        # the GPU kernels want the stored layout (tiles <= 256 rows, no gaps): undo a CPU plan before leaving the CPU
+        if self.retiled and fn(torch.empty(0)).device.type != "cpu":
+            self._set_packed(self.stored())
+            self.variant = 0
+        return super()._apply(fn, recurse)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, tile_rows: int | None = None) -> DualSparseLinear:
@@ -91,7 +125,11 @@ class DualSparseLinear(nn.Linear):
     def sp(self) -> SparseLinear:
         """The packed weight (views of the buffers, on the module's device)."""
         return SparseLinear(
-            self.bitmaps, self.values[: self.nnz], self.offsets, (self.out_features, self.in_features), self.tile_rows
+            self.bitmaps,
+            self.values[: self.values_len],
+            self.offsets,
+            (self.out_features, self.in_features),
+            self.tile_rows,
         )
 
     @property
@@ -104,14 +142,19 @@ class DualSparseLinear(nn.Linear):
         dtype, device = self.values.dtype, self.values.device
         out = _SCRATCH.get(n * k, dtype, device) if reuse else torch.empty(n * k, dtype=dtype, device=device)
         if gpu_path(self.values):
-            return triton_spmspv.unpack_transposed(self.sp, out)
+            return triton_spmspv.unpack_transposed(self._stored_on_device(), out)
         return unpack_into(self.sp, out)
+
+    def _stored_on_device(self) -> SparseLinear:
+        """The layout the GPU kernels take: the stored tiles (re-tiled here only when a CPU plan changed them
+        and the CUDA branch runs on CPU tensors, as under DUOGPT_GPU_PATH=1)."""
+        return self.stored() if self.retiled else self.sp
 
     def _kernel_product(self, x2d: torch.Tensor) -> torch.Tensor:
         if gpu_path(x2d):
-            return triton_spmspv.spmspv(self.sp, x2d)
+            return triton_spmspv.spmspv(self._stored_on_device(), x2d)
         if self._cpu_kernel is None or self._cpu_kernel.values is not self.values:
-            self._cpu_kernel = CpuSpMSpV(self.sp, padded=self.values)
+            self._cpu_kernel = CpuSpMSpV(self.sp, padded=self.values, variant=self.variant)
         return self._cpu_kernel(x2d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,7 +213,7 @@ def to_sparse_runtime(model: nn.Module, packed: dict[str, SparseLinear] | None =
 def packed_form(linear: nn.Linear) -> SparseLinear:
     """The linear's weight in the column-segment format (the runtime's own when it has one), on the CPU."""
     if isinstance(linear, DualSparseLinear):
-        sp = linear.sp
+        sp = linear.stored()
         return SparseLinear(sp.bitmaps.cpu(), sp.values.cpu(), sp.offsets.cpu(), sp.shape, sp.tile_rows)
     return pack(linear.weight.data.cpu(), choose_tile_rows(linear.out_features))
 

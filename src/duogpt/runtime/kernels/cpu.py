@@ -20,9 +20,9 @@ import torch
 
 from duogpt.errors import UsageError
 from duogpt.files import atomic_path, cache_dir
-from duogpt.runtime.format import SparseLinear
+from duogpt.runtime.format import SparseLinear, bit_counts, segment_offsets
 
-SOURCE = Path(__file__).with_name("spmspv.c")
+SOURCES = [Path(__file__).with_name(name) for name in ("spmspv.c", "variants.c", "common.h")]
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 ISA_FLAGS = (
     {
@@ -35,6 +35,8 @@ ISA_FLAGS = (
 )
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _PAD_BYTES = 64
+VARIANT_COUNT = 4  # common.h
+VARIANT_NO_DP, VARIANT_NO_PF, VARIANT_PF_HEAD = 16, 32, 64
 
 
 def _compiler() -> str:
@@ -42,6 +44,15 @@ def _compiler() -> str:
         if name and shutil.which(name):
             return name
     raise UsageError("no C compiler found (cc, gcc or clang): install one, e.g. apt-get install gcc, or set CC")
+
+
+def _cpu_identity() -> str:
+    """The CPU's model and feature flags: a -march=native build is only valid on such a CPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "".join(line for line in f if line.startswith(("model name", "flags")))[:4096]
+    except OSError:
+        return platform.processor()
 
 
 @cache
@@ -52,11 +63,13 @@ def build(isa: str = "native") -> ctypes.CDLL:
     cc = _compiler()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     flags = ["-O3", "-fopenmp", "-shared", "-fPIC", *ISA_FLAGS[isa]]
-    key = hashlib.sha256((SOURCE.read_text() + " ".join(flags) + version).encode()).hexdigest()[:16]
-    lib = cache_dir() / "kernels" / f"{isa}-{key}" / "libduogpt_spmspv.so"
+    text = "".join(path.read_text() for path in SOURCES) + (_cpu_identity() if isa == "native" else "")
+    key = hashlib.sha256((text + " ".join(flags) + version).encode()).hexdigest()[:16]
+    lib = library_dir(isa, key) / "libduogpt_spmspv.so"
     if not lib.is_file():
         with atomic_path(lib, make_parents=True) as tmp:
-            proc = subprocess.run([cc, *flags, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True)
+            sources = [str(path) for path in SOURCES if path.suffix == ".c"]
+            proc = subprocess.run([cc, *flags, *sources, "-o", str(tmp)], capture_output=True, text=True)
             if proc.returncode != 0:
                 first = (proc.stderr.strip().splitlines() or ["no output"])[0]
                 raise UsageError(f"building the CPU kernel with {cc} failed ({first}): check the compiler installation")
@@ -64,10 +77,22 @@ def build(isa: str = "native") -> ctypes.CDLL:
     ptr, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
     packed = [ptr, ptr, i32, ptr, i64, i64, i64]  # bitmaps, values, dtype code / element size, offsets, n, k, tile
     dll.duogpt_spmspv.restype = dll.duogpt_unpack.restype = ctypes.c_int
-    dll.duogpt_spmspv.argtypes = [*packed, ptr, i64, ptr, i32]  # x, batch, y, threads
+    dll.duogpt_spmspv.argtypes = [*packed, ptr, i64, ptr, i32, i32]  # x, batch, y, threads, variant
     dll.duogpt_unpack.argtypes = [*packed, ptr, i32]  # out, threads
     dll.duogpt_spmspv_isa.restype = ctypes.c_char_p
+    dll.duogpt_retile_values.restype = dll.duogpt_flush.restype = dll.duogpt_variants.restype = ctypes.c_int
+    dll.duogpt_retile_values.argtypes = [ptr, ptr, i32, ptr, i64, i64, i64, ptr, i64, i64, ptr, i32]
+    dll.duogpt_flush.argtypes = [ptr, i64]
+    dll.duogpt_variants.argtypes = []
+    dll.duogpt_stream_sum.restype = ctypes.c_double
+    dll.duogpt_stream_sum.argtypes = [ptr, i64, i32]
+    dll.directory = str(lib.parent)
     return dll
+
+
+def library_dir(isa: str, key: str) -> Path:
+    """Where the library built for ``isa`` from sources hashing to ``key`` lives (the tuner's cache too)."""
+    return cache_dir() / "kernels" / f"{isa}-{key}"
 
 
 def pad_elements(dtype: torch.dtype) -> int:
@@ -112,15 +137,104 @@ def unpack_into(sp: SparseLinear, out: torch.Tensor, threads: int | None = None,
     return out.view(k, n).T
 
 
-class CpuSpMSpV:
-    """A packed weight ready for the kernel (values padded so vector loads stay in bounds)."""
+_HUGE = 2 << 20
+_MADV_HUGEPAGE = 14
+HUGE_PAGES = platform.system() == "Linux"
 
-    def __init__(self, sp: SparseLinear, isa: str = "native", threads: int | None = None, padded=None):
+
+def huge_empty(numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor whose pages are advised as transparent huge pages (Linux, large tensors):
+    the kernel jumps between column segments, and with 4 KiB pages nearly every jump misses the TLB.
+    The advice must precede the first write, so this is for buffers about to be filled."""
+    size = torch.empty(0, dtype=dtype).element_size()
+    if not HUGE_PAGES or numel * size < 2 * _HUGE:
+        return torch.empty(numel, dtype=dtype)
+    slack = _HUGE // size
+    buf = torch.empty(numel + slack, dtype=dtype)
+    start = -(-buf.data_ptr() // _HUGE) * _HUGE
+    length = (buf.data_ptr() + buf.numel() * size - start) // _HUGE * _HUGE
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), _MADV_HUGEPAGE)  # advice only: ignore refusal
+    first = (start - buf.data_ptr()) // size
+    return buf[first : first + numel]
+
+
+def retile(
+    sp: SparseLinear, tile_rows: int, align: int = 0, threads: int | None = None, isa: str = "native"
+) -> SparseLinear:
+    """The same weight with tiles of ``tile_rows`` rows (a multiple of 64): bitmaps regrouped, offsets
+    recounted, values copied segment by segment (no dense copy), into huge-page-advised memory with
+    the kernel's padding. ``align`` (bytes, 0: none): every segment starts on such a boundary, so a
+    segment's reads share no cache line with its neighbours (a run-time layout: offsets then leave
+    gaps, which ``validate`` refuses on disk and every kernel and ``retile`` accept).
+    Exact: ``unpack(retile(sp, t, a)) == unpack(sp)``."""
+    if tile_rows < 64 or tile_rows % 64:
+        raise UsageError(f"tile_rows {tile_rows} must be a positive multiple of 64")
+    n, k = sp.shape
+    wi, wo = sp.tile_rows // 64, tile_rows // 64
+    tiles_out = max(1, -(-n // tile_rows))
+    words = sp.bitmaps.view(torch.int64).permute(1, 0, 2).reshape(k, -1)  # (k, 64-row words), zeros past n
+    have, need = words.shape[1], tiles_out * wo
+    words = torch.cat([words, words.new_zeros(k, need - have)], 1) if need > have else words[:, :need]
+    grouped = words.reshape(k, tiles_out, wo).permute(1, 0, 2)
+    bitmaps = huge_empty(grouped.numel(), torch.int64).view(grouped.shape).copy_(grouped).view(torch.uint64)
+    step = max(1, align // sp.values.element_size())
+    offsets = segment_offsets(bitmaps, step)
+    total = int(offsets[-1, -1])
+    values = huge_empty(total + pad_elements(sp.values.dtype), sp.values.dtype)
+    values[total:] = 0
+    status = build(isa).duogpt_retile_values(
+        sp.bitmaps.data_ptr(),
+        sp.values.data_ptr(),
+        sp.values.element_size(),
+        sp.offsets.data_ptr(),
+        k,
+        wi,
+        sp.n_tiles,
+        offsets.data_ptr(),
+        wo,
+        tiles_out,
+        values.data_ptr(),
+        threads or torch.get_num_threads(),
+    )
+    if status != 0 or int(bit_counts(bitmaps).sum()) != int(bit_counts(sp.bitmaps).sum()):
+        raise UsageError(f"re-tiling a {n}x{k} packed weight to {tile_rows} rows failed: re-export the checkpoint")
+    return SparseLinear(bitmaps, values[:total], offsets, (n, k), tile_rows)
+
+
+def stream_sum(t: torch.Tensor, threads: int | None = None, isa: str = "native") -> float:
+    """Sum of a contiguous float32 tensor, read as fast as the machine allows (the bandwidth probe)."""
+    return build(isa).duogpt_stream_sum(t.data_ptr(), t.numel(), threads or torch.get_num_threads())
+
+
+def flush(*tensors: torch.Tensor, isa: str = "native") -> bool:
+    """Evict the tensors' memory from the CPU caches; False where the CPU cannot."""
+    dll = build(isa)
+    return all(dll.duogpt_flush(t.data_ptr(), t.numel() * t.element_size()) == 0 for t in tensors)
+
+
+def variants_available(isa: str = "native") -> tuple[list[int], bool]:
+    """(kernel variants compiled for ``isa``, whether vdpbf16ps is available)."""
+    mask = build(isa).duogpt_variants()
+    return [v for v in range(VARIANT_COUNT) if mask >> v & 1], bool(mask & VARIANT_NO_DP)
+
+
+class CpuSpMSpV:
+    """A packed weight ready for the kernel (values padded so vector loads stay in bounds).
+
+    ``variant``: the batch-1 kernel variant (common.h; kernels/tune.py picks it per CPU and
+    shape); 0 is the original path, and any variant falls back to it where it does not apply.
+    """
+
+    def __init__(
+        self, sp: SparseLinear, isa: str = "native", threads: int | None = None, padded=None, variant: int = 0
+    ):
         """``padded``: the values already followed by the padding (``padded_values``), to hold them once."""
         self.sp = sp
         self.dll = build(isa)
         self.values = padded_values(sp.values) if padded is None else padded
         self.threads = threads or torch.get_num_threads()
+        self.variant = variant
 
     @property
     def isa(self) -> str:
@@ -143,6 +257,7 @@ class CpuSpMSpV:
             xs.shape[0],
             y.data_ptr(),
             self.threads,
+            self.variant,
         )
         if status != 0:
             raise UsageError(f"the CPU kernel refused its arguments (batch {xs.shape[0]} must be 1..16)")

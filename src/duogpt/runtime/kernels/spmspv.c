@@ -8,6 +8,8 @@
  * Decode (batch 1) on tiles of at most 256 rows takes the fast path: sums in registers,
  * chunk positions from prefix popcounts, 16-bit expands, prefetch of the next columns.
  * The values array must have 64 bytes of readable padding after its end (vector loads).
+ * ``variant`` (common.h, chosen per CPU and shape by kernels/tune.py) selects a batch-1 path
+ * from variants.c; 0, or a variant that does not apply, takes the paths in this file.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -18,9 +20,7 @@
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
-
-enum { DT_F32 = 0, DT_F16 = 1, DT_BF16 = 2 };
-#define MAX_BATCH 16
+#include "common.h"
 
 static inline float half_to_float(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
@@ -351,9 +351,45 @@ static void tile_product(const uint64_t *bitmaps, const void *values, int dtype,
     }
 }
 
+/* Columns with a nonzero input in any row, in order; *exact: every active x of a single row is a
+ * bfloat16 value (what vdpbf16ps needs). Returns the count. */
+static int64_t active_columns(const float *x, int64_t k, int64_t batch, int32_t *active, int *exact) {
+    int64_t n_active = 0;
+    *exact = batch == 1;
+    for (int64_t j = 0; j < k; j++) {
+        int on = 0;
+        for (int64_t b = 0; b < batch; b++) on |= x[b * k + j] != 0.0f;
+        if (!on) continue;
+        active[n_active++] = (int32_t)j;
+        uint32_t bits;
+        memcpy(&bits, x + j, 4);
+        *exact &= (bits & 0xffffu) == 0;
+    }
+    return n_active;
+}
+
+/* One tile by the paths of this file; acc holds batch * tile_rows floats. */
+static int base_tile(const uint64_t *bitmaps, const void *values, int dtype, const int64_t *offsets, int64_t k,
+                     int64_t words, const int32_t *active, int64_t n_active, const float *x, int64_t batch,
+                     float *acc, float *y, int64_t n, int64_t row0, int64_t count) {
+    const int64_t tile_rows = words * 64;
+#if LANES == 16
+    if (batch == 1 && words <= 4) { /* the last tile may be cut short: sum into a full buffer first */
+        float *out = count == tile_rows ? y + row0 : acc;
+        if (tile_b1_fast(bitmaps, values, dtype, offsets, words, active, n_active, x, out)) return -1;
+        if (out == acc) memcpy(y + row0, acc, sizeof(float) * count);
+        return 0;
+    }
+#endif
+    memset(acc, 0, sizeof(float) * (size_t)(batch * tile_rows));
+    tile_product(bitmaps, values, dtype, offsets, k, words, active, n_active, x, batch, acc);
+    for (int64_t b = 0; b < batch; b++) memcpy(y + b * n + row0, acc + b * tile_rows, sizeof(float) * count);
+    return 0;
+}
+
 /* Returns 0 on success, -1 on bad arguments. */
 int duogpt_spmspv(const uint64_t *bitmaps, const void *values, int dtype, const int64_t *offsets, int64_t n,
-                  int64_t k, int64_t tile_rows, const float *x, int64_t batch, float *y, int nthreads) {
+                  int64_t k, int64_t tile_rows, const float *x, int64_t batch, float *y, int nthreads, int variant) {
     if (batch < 1 || batch > MAX_BATCH || tile_rows % 64 || dtype < 0 || dtype > 2) return -1;
 #if LANES == 8
     static int ready = 0;
@@ -362,31 +398,27 @@ int duogpt_spmspv(const uint64_t *bitmaps, const void *values, int dtype, const 
     const int64_t words = tile_rows / 64, n_tiles = (n + tile_rows - 1) / tile_rows;
     int32_t *active = (int32_t *)malloc(sizeof(int32_t) * (size_t)(k > 0 ? k : 1));
     if (!active) return -1;
-    int64_t n_active = 0;
-    for (int64_t j = 0; j < k; j++) {
-        int on = 0;
-        for (int64_t b = 0; b < batch; b++) on |= x[b * k + j] != 0.0f;
-        if (on) active[n_active++] = (int32_t)j;
-    }
+    int exact;
+    const int64_t n_active = active_columns(x, k, batch, active, &exact);
     int failed = 0;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (n_tiles > 1 && nthreads > 1)
-    for (int64_t t = 0; t < n_tiles; t++) {
-#if LANES == 16
-        if (batch == 1 && words <= 4) { /* the last tile may be cut short: sum into a full buffer first */
+#pragma omp parallel num_threads(nthreads) if (n_tiles > 1 && nthreads > 1)
+    {
+        float *acc = (float *)aligned_alloc(64, sizeof(float) * (size_t)(batch * tile_rows));
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < n_tiles; t++) {
             const int64_t row0 = t * tile_rows, count = (n - row0) < tile_rows ? (n - row0) : tile_rows;
-            float full[256];
-            float *out = count == tile_rows ? y + row0 : full;
-            if (tile_b1_fast(bitmaps + t * k * words, values, dtype, offsets + t * (k + 1), words, active, n_active, x, out)) failed = 1;
-            if (out == full) memcpy(y + row0, full, sizeof(float) * count);
-            continue;
+            const uint64_t *bm = bitmaps + t * k * words;
+            const int64_t *off = offsets + t * (k + 1);
+            if (!acc) {
+                failed = 1;
+            } else if (batch == 1 && variant &&
+                       duogpt_variant_tile(variant, bm, values, dtype, off, words, active, n_active, x, exact, acc,
+                                           y + row0, count) == 0) {
+                continue;
+            } else if (base_tile(bm, values, dtype, off, k, words, active, n_active, x, batch, acc, y, n, row0, count)) {
+                failed = 1;
+            }
         }
-#endif
-        float *acc = (float *)calloc((size_t)(batch * tile_rows), sizeof(float));
-        if (!acc) { failed = 1; continue; }
-        tile_product(bitmaps + t * k * words, values, dtype, offsets + t * (k + 1), k, words, active, n_active, x,
-                     batch, acc);
-        const int64_t row0 = t * tile_rows, count = (n - row0) < tile_rows ? (n - row0) : tile_rows;
-        for (int64_t b = 0; b < batch; b++) memcpy(y + b * n + row0, acc + b * tile_rows, sizeof(float) * count);
         free(acc);
     }
     free(active);

@@ -1,0 +1,29 @@
+/* Shared by the kernel sources: value dtype codes, limits, and the variant entry point. */
+#ifndef DUOGPT_COMMON_H
+#define DUOGPT_COMMON_H
+#include <stdint.h>
+
+enum { DT_F32 = 0, DT_F16 = 1, DT_BF16 = 2 };
+#define MAX_BATCH 16
+
+/* Kernel variants for one decode row (batch 1), chosen per CPU and shape by kernels/tune.py:
+ *   0  register tiles (<= 256 rows), one expand per 16 rows (the original path)
+ *   1  register tiles (<= 256 rows), bfloat16: one 16-bit expand per 32 rows
+ *   2  strips (any tile height), sums in a per-thread buffer; bfloat16: one 16-bit expand per
+ *      32 rows; float32: 16 rows per expand of 16-bit pairs
+ *   3  strips, one 32-bit expand per 16 rows (float32 and bfloat16)
+ * Flags: VARIANT_NO_DP multiplies bfloat16 by shift + FMA even where vdpbf16ps exists;
+ * VARIANT_NO_PF issues no software prefetch (the hardware prefetchers alone); VARIANT_PF_HEAD
+ * prefetches only the first lines of a strip's coming columns (default: their whole segments). */
+#define VARIANT_NO_DP 16
+#define VARIANT_NO_PF 32
+#define VARIANT_PF_HEAD 64
+#define VARIANT_COUNT 4
+
+/* One tile of one row (variants 1-3). ``acc`` holds the tile's rows (tile_rows floats, 64-byte
+ * aligned, any contents); the product is written to out[0:count]. ``dp`` says the active x are
+ * exact in bfloat16. Returns 0 when handled, -1 when the variant does not apply here. */
+int duogpt_variant_tile(int variant, const uint64_t *bitmaps, const void *values, int dtype, const int64_t *offsets,
+                        int64_t words, const int32_t *active, int64_t n_active, const float *x, int dp, float *acc,
+                        float *out, int64_t count);
+#endif

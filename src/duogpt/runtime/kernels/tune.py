@@ -1,0 +1,214 @@
+"""Per-CPU choice of the decode kernel: variant and tile height, measured at first use and cached.
+
+The packed format on disk is machine-independent (tiles of 256 rows by default). Which kernel
+variant (``common.h``) and which tile height decode fastest depends on the CPU: how costly its
+expand and shuffle instructions are, whether it has AVX512-BF16, how its prefetchers follow
+column jumps, how large its L1 is. ``plan(n, k, dtype, density)`` answers for one weight shape:
+
+- candidates: the original register-tile path at the default tile, the bfloat16 32-row
+  register tiles (128, 256 rows; with and without vdpbf16ps), and strips (1024, 2048 rows and
+  one strip per thread) with 16-bit and 32-bit expands;
+- each is timed on a random packed weight of that shape and density (weights in eighths) with
+  an input half zeros, every call on weights evicted from the caches first (decode reads each
+  layer from memory), in a forward and a reverse pass (drift cancels), median per candidate;
+- the fastest is cached in ``tune.json`` beside the built kernel, keyed by CPU model, shape,
+  dtype, density and threads: a machine measures each shape once (about a second for a 7B
+  shape), later loads read the file.
+
+``DUOGPT_KERNEL_PLAN``: ``auto`` (default, as above), ``off`` (the original path at the stored
+tile height, no measurement), or ``VARIANT:TILE_ROWS`` (e.g. ``2:2048``) to force one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+
+from duogpt.errors import UsageError
+from duogpt.files import write_text
+from duogpt.logs import log
+from duogpt.runtime.format import SparseLinear, segment_offsets
+from duogpt.runtime.kernels import cpu
+
+PLAN_ENV = "DUOGPT_KERNEL_PLAN"
+ROUNDS = 12
+CACHE_FILE = "tune.json"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A kernel variant (``common.h``, with its flags), the tile height it runs on, and the byte
+    boundary every column segment starts on (0: packed back to back)."""
+
+    variant: int
+    tile_rows: int
+    align: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.variant}:{self.tile_rows}" + (f":{self.align}" if self.align else "")
+
+    @classmethod
+    def parse(cls, text: str) -> Plan:
+        parts = [int(v) for v in text.split(":")]
+        if not 2 <= len(parts) <= 3 or parts[0] < 0 or parts[1] < 64 or parts[1] % 64 or min(parts) < 0:
+            raise ValueError(text)
+        return cls(*parts)
+
+
+def _round_rows(rows: int) -> int:
+    return max(64, -(-rows // 64) * 64)
+
+
+def candidates(n: int, dtype: torch.dtype, threads: int, default_tile: int) -> list[Plan]:
+    """Every (variant, tile height, alignment) worth timing for an ``n``-row weight of ``dtype`` on this build.
+
+    The set is what won somewhere in the measurements of docs/bench-gemv.md; variants that lost
+    everywhere (no software prefetch, 1024-row strips, a scattered column order) are not timed."""
+    variants, has_dp = cpu.variants_available()
+    rows = _round_rows(n)
+    out = [Plan(0, default_tile)]
+    regs = 256 if rows >= 256 else 128
+    if dtype == torch.bfloat16 and 1 in variants:
+        out += [Plan(1, regs), Plan(1, regs, 64)]
+        if has_dp:
+            out.append(Plan(1 | cpu.VARIANT_NO_DP, regs))
+    half = _round_rows(-(-n // threads))  # one strip per thread
+    if dtype in (torch.float32, torch.bfloat16) and 2 in variants and half > 256:
+        head = cpu.VARIANT_PF_HEAD
+        out += [Plan(2, half), Plan(2 | head, half), Plan(2 | head, half, 64), Plan(3, half), Plan(3 | head, half)]
+    return list(dict.fromkeys(out))
+
+
+def random_words(shape: tuple[int, ...], density: float, gen: torch.Generator) -> torch.Tensor:
+    """int64 words whose bits are each set with probability ``density`` rounded to eighths: the
+    binary digits b1 b2 b3 of the eighths, from the last, OR (digit 1) or AND (digit 0) a fresh
+    random word into the running one (each step maps p to (1 + p) / 2 or p / 2)."""
+    eighths = min(8, max(1, round(density * 8)))
+    if eighths == 8:
+        return torch.full(shape, -1, dtype=torch.int64)
+    word = torch.zeros(shape, dtype=torch.int64)
+    for bit in ((eighths >> 0) & 1, (eighths >> 1) & 1, (eighths >> 2) & 1):
+        rnd = (torch.randint(0, 1 << 32, shape, generator=gen) << 32) | torch.randint(0, 1 << 32, shape, generator=gen)
+        word = word | rnd if bit else word & rnd
+    return word
+
+
+def random_packed(n: int, k: int, dtype: torch.dtype, density: float, seed: int = 0) -> SparseLinear:
+    """A random packed weight (tiles of 64 rows) of the given shape and density, values padded."""
+    gen = torch.Generator().manual_seed(seed)
+    tiles = -(-n // 64)
+    words = random_words((tiles, k, 1), density, gen)
+    if n % 64:  # no rows past the matrix
+        words[-1] &= (1 << (n % 64)) - 1
+    bitmaps = words.view(torch.uint64)
+    offsets = segment_offsets(bitmaps)
+    nnz = int(offsets[-1, -1])
+    values = torch.randn(nnz + cpu.pad_elements(dtype), generator=gen).to(dtype)
+    return SparseLinear(bitmaps, values[:nnz], offsets, (n, k), 64)
+
+
+def _input(k: int, dtype: torch.dtype, seed: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(k, generator=gen)
+    x[torch.rand(k, generator=gen) < 0.5] = 0
+    return x.to(dtype).float() if dtype == torch.bfloat16 else x  # a bfloat16 model's inputs are bfloat16
+
+
+def _time(kernel: cpu.CpuSpMSpV, x: torch.Tensor, calls: int) -> list[float]:
+    out = []
+    for _ in range(calls):
+        cpu.flush(kernel.sp.bitmaps, kernel.values, kernel.sp.offsets)
+        t0 = time.perf_counter()
+        kernel(x)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def measure(n: int, k: int, dtype: torch.dtype, density: float, plans: list[Plan], threads: int) -> dict[Plan, float]:
+    """Median seconds per call of each plan on a random weight (one re-tiled copy alive at a time)."""
+    base = random_packed(n, k, dtype, density)
+    x = _input(k, dtype)
+    times: dict[Plan, list[float]] = {p: [] for p in plans}
+    for order in (plans, plans[::-1]):
+        for p in order:
+            kernel = cpu.CpuSpMSpV(cpu.retile(base, p.tile_rows, p.align), threads=threads, variant=p.variant)
+            kernel(x)  # warm the code path
+            times[p] += _time(kernel, x, ROUNDS // 2)
+    return {p: statistics.median(t) for p, t in times.items()}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
+def _cache_path():
+    return os.path.join(cpu.build().directory, CACHE_FILE)
+
+
+def _read_cache() -> dict:
+    try:
+        with open(_cache_path()) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _forced(default_tile: int) -> Plan | None:
+    value = os.environ.get(PLAN_ENV, "auto").strip().lower()
+    if value == "auto":
+        return None
+    if value == "off":
+        return Plan(0, default_tile)
+    try:
+        return Plan.parse(value)
+    except ValueError:
+        raise UsageError(
+            f"{PLAN_ENV}={value!r} is not understood: use auto, off or VARIANT:TILE_ROWS[:ALIGN] (e.g. 2:2048)"
+        ) from None
+
+
+def plan(n: int, k: int, dtype: torch.dtype, density: float, default_tile: int, threads: int | None = None) -> Plan:
+    """The kernel plan for an (n, k) weight of ``dtype`` with this fraction of nonzeros (cached per machine)."""
+    forced = _forced(default_tile)
+    if forced is not None:
+        return forced
+    threads = threads or torch.get_num_threads()
+    eighths = min(8, max(1, round(density * 8)))
+    return _plan_cached(n, k, dtype, eighths, default_tile, threads)
+
+
+@cache
+def _plan_cached(n: int, k: int, dtype: torch.dtype, eighths: int, default_tile: int, threads: int) -> Plan:
+    plans = candidates(n, dtype, threads, default_tile)
+    if len(plans) == 1:
+        return plans[0]
+    key = f"{_cpu_model()}|{n}x{k}|{str(dtype).replace('torch.', '')}|{eighths}/8|{threads}t"
+    entry = _read_cache().get(key)
+    if entry is not None:
+        return Plan(int(entry["variant"]), int(entry["tile_rows"]), int(entry.get("align", 0)))
+    t0 = time.perf_counter()
+    timed = measure(n, k, dtype, eighths / 8, plans, threads)
+    best = min(timed, key=timed.get)
+    log.info(
+        "kernel plan for %dx%d %s on this CPU: variant %d, tiles of %d rows (%.3f ms; %d candidates timed in %.1f s)",
+        n, k, str(dtype).replace("torch.", ""), best.variant, best.tile_rows, timed[best] * 1e3, len(plans),
+        time.perf_counter() - t0,
+    )  # fmt: skip
+    cached = _read_cache()  # another process may have added shapes meanwhile
+    ms = {str(p): t * 1e3 for p, t in timed.items()}
+    cached[key] = {"variant": best.variant, "tile_rows": best.tile_rows, "align": best.align, "ms": ms}
+    try:
+        write_text(_cache_path(), json.dumps(cached, indent=1, sort_keys=True))
+    except OSError as err:  # a read-only cache: plan again next time, still correct
+        log.warning("could not cache the kernel plan (%s): set DUOGPT_CACHE to a writable folder", err)
+    return best

@@ -1,0 +1,65 @@
+"""The per-CPU kernel plan: candidates, the random weights it times on, measuring, caching, overrides."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from duogpt.errors import UsageError
+from duogpt.runtime.format import unpack, validate
+from duogpt.runtime.kernels import tune
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    path = tmp_path / "tune.json"
+    monkeypatch.setattr(tune, "_cache_path", lambda: str(path))
+    monkeypatch.setenv(tune.PLAN_ENV, "auto")
+    tune._plan_cached.cache_clear()
+    yield path
+    tune._plan_cached.cache_clear()
+
+
+@pytest.mark.parametrize("eighths", [1, 3, 4, 7, 8])
+def test_random_words_have_the_asked_density(eighths):
+    words = tune.random_words((200, 100), eighths / 8, torch.Generator().manual_seed(0))
+    bits = ((words[..., None] >> torch.arange(64)) & 1).float().mean().item()
+    assert abs(bits - eighths / 8) < 0.01
+
+
+def test_random_packed_is_valid_and_has_no_rows_past_the_matrix():
+    sp = tune.random_packed(100, 30, torch.bfloat16, 0.5)
+    validate(sp)
+    dense = unpack(sp)
+    assert dense.shape == (100, 30) and 0.4 < (dense != 0).float().mean() < 0.6
+
+
+def test_candidates_cover_the_default_and_fit_the_shape():
+    plans = tune.candidates(4096, torch.bfloat16, 2, 256)
+    assert plans[0] == tune.Plan(0, 256)
+    assert all(p.tile_rows % 64 == 0 and p.tile_rows <= 4096 for p in plans)
+    assert tune.candidates(64, torch.float16, 2, 64) == [tune.Plan(0, 64)]  # nothing else for float16
+
+
+def test_plan_is_measured_once_and_cached(fresh_cache):
+    first = tune.plan(300, 64, torch.bfloat16, 0.5, 128, threads=2)
+    entry = next(iter(json.loads(fresh_cache.read_text()).values()))
+    assert (entry["variant"], entry["tile_rows"]) == (first.variant, first.tile_rows)
+    assert min(entry["ms"].values()) == pytest.approx(entry["ms"][str(first)])
+    tune._plan_cached.cache_clear()
+    entry["variant"], entry["tile_rows"] = 0, 64  # a cached answer is read, not measured again
+    fresh_cache.write_text(json.dumps({next(iter(json.loads(fresh_cache.read_text()))): entry}))
+    assert tune.plan(300, 64, torch.bfloat16, 0.5, 128, threads=2) == tune.Plan(0, 64)
+
+
+def test_forced_and_disabled_plans(monkeypatch, fresh_cache):
+    monkeypatch.setenv(tune.PLAN_ENV, "2:1024")
+    assert tune.plan(4096, 64, torch.float32, 0.5, 256) == tune.Plan(2, 1024)
+    monkeypatch.setenv(tune.PLAN_ENV, "off")
+    assert tune.plan(4096, 64, torch.float32, 0.5, 256) == tune.Plan(0, 256)
+    monkeypatch.setenv(tune.PLAN_ENV, "fast")
+    with pytest.raises(UsageError, match="auto, off or VARIANT:TILE_ROWS"):
+        tune.plan(4096, 64, torch.float32, 0.5, 256)
+    assert not fresh_cache.exists()
