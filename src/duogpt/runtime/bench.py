@@ -18,7 +18,7 @@ from duogpt.pruning.sparsify import install
 from duogpt.report import markdown
 from duogpt.runtime.format import DEFAULT_TILE_ROWS, pack
 from duogpt.runtime.generate import greedy
-from duogpt.runtime.kernels.cpu import CpuSpMSpV
+from duogpt.runtime.kernels.cpu import CpuSpMSpV, cpu_model
 from duogpt.runtime.linear import to_sparse_runtime
 
 LLAMA7B_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
@@ -27,16 +27,8 @@ SPARSITIES = [(0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (0.5, 0.5), (0.7, 0.5)]
 
 
 def machine_info() -> dict:
-    flags = ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                flags = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": flags or platform.processor(),
+        "cpu": cpu_model(),
         "machine": platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

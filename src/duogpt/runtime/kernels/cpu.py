@@ -46,6 +46,16 @@ def _compiler() -> str:
     raise UsageError("no C compiler found (cc, gcc or clang): install one, e.g. apt-get install gcc, or set CC")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what the platform says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        name = ""
+    return name or platform.processor()
+
+
 def _cpu_identity() -> str:
     """The CPU's model and feature flags: a -march=native build is only valid on such a CPU."""
     try:

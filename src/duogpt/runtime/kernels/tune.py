@@ -143,14 +143,6 @@ def measure(n: int, k: int, dtype: torch.dtype, density: float, plans: list[Plan
     return {p: statistics.median(t) for p, t in times.items()}
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        return ""
-
-
 def _cache_path():
     return os.path.join(cpu.build().directory, CACHE_FILE)
 
@@ -192,7 +184,7 @@ def _plan_cached(n: int, k: int, dtype: torch.dtype, eighths: int, default_tile:
     plans = candidates(n, dtype, threads, default_tile)
     if len(plans) == 1:
         return plans[0]
-    key = f"{_cpu_model()}|{n}x{k}|{str(dtype).replace('torch.', '')}|{eighths}/8|{threads}t"
+    key = f"{cpu.cpu_model()}|{n}x{k}|{str(dtype).replace('torch.', '')}|{eighths}/8|{threads}t"
     entry = _read_cache().get(key)
     if entry is not None:
         return Plan(int(entry["variant"]), int(entry["tile_rows"]), int(entry.get("align", 0)))
