@@ -70,8 +70,8 @@ class DualSparseLinear(nn.Linear):
     or export weights; the forward pass never reads it).
     """
 
-    def __init__(self, sp: SparseLinear, bias: torch.Tensor | None = None, plan: bool = True):
-        """``plan``: on the CPU, choose this machine's kernel variant and tile height now (kernels/tune.py)."""
+    def __init__(self, sp: SparseLinear, bias: torch.Tensor | None = None):
+        """On the CPU, this machine's kernel variant and tile height are chosen now (kernels/tune.py)."""
         nn.Module.__init__(self)
         validate(sp)
         self.out_features, self.in_features = sp.shape
@@ -80,7 +80,7 @@ class DualSparseLinear(nn.Linear):
         self._set_packed(sp)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         self.use_kernel = True
-        if plan and sp.values.device.type == "cpu":
+        if sp.values.device.type == "cpu":
             self.plan_cpu()
 
     def _set_packed(self, sp: SparseLinear) -> None:
