@@ -83,7 +83,9 @@ def _choose_offload(model, cfg: PruneConfig, run: _Run) -> tuple[bool, preflight
     streams = len(stream_names(cfg))
 
     def need(offload: bool) -> preflight.Estimate:
-        return preflight.estimate(skeleton, cfg.nsamples, cfg.seqlen, streams, run.out is not None, offload)
+        return preflight.estimate(
+            skeleton, cfg.nsamples, cfg.seqlen, streams, run.out is not None, offload, cfg.batch_size
+        )
 
     in_memory = need(False)
     offload = run.offload
@@ -120,9 +122,11 @@ def _prune(model, cfg: PruneConfig, run: _Run):
         with checkpoint.writer(run.out, lm, run.force) if writes else contextlib.nullcontext() as w:
             on_done = w.add_block if writes else None
             blocks_io = OffloadedBlocks(reader, prefix, next(lm.parameters()).dtype, on_done=on_done)
+            blocks_io.restore_rest(lm)
             result = prune_model(lm, samples, cfg, run.progress, work, blocks_io)
             _report(lm, result, need, bos, offload)
             if writes:
+                blocks_io.restore_rest(lm)
                 w.finish(lm, tokenizer, {"base_model": base_model, **result.to_json()})
     else:
         result = prune_model(lm, samples, cfg, progress=run.progress, work_dir=work)

@@ -34,7 +34,9 @@ def inspect_model(model: str | None, cfg: PruneConfig | None = None) -> dict:
     bos = corpus.bos_token(tokenizer, cfg.bos)
     streams = len(stream_names(cfg))
     need = preflight.estimate(skeleton, cfg.nsamples, cfg.seqlen, streams, with_work_dir=True)
-    out_of_core = preflight.estimate(skeleton, cfg.nsamples, cfg.seqlen, streams, with_work_dir=True, offload=True)
+    out_of_core = preflight.estimate(
+        skeleton, cfg.nsamples, cfg.seqlen, streams, with_work_dir=True, offload=True, batch_size=cfg.batch_size
+    )
     free = preflight.available_memory()
     plan = {
         "mode": preflight.mode(need, out_of_core),

@@ -50,6 +50,22 @@ def test_offload_writes_the_in_memory_checkpoint_bit_for_bit(method, tmp_path, t
     assert all(p.is_meta for p in model.model.layers.parameters())  # no block stayed in memory
 
 
+def test_offload_holds_no_weights_outside_the_block_while_pruning(tmp_path, text_file, monkeypatch):
+    src = sharded_checkpoint(tmp_path / "src", tie_word_embeddings=False)
+    seen = []
+    real = pipeline._prune_block
+
+    def spy(model, block, *args):
+        seen.append([n for n, p in model.named_parameters() if not p.is_meta and ".layers." not in n])
+        return real(model, block, *args)
+
+    monkeypatch.setattr(pipeline, "_prune_block", spy)
+    duogpt.prune(str(src), out=tmp_path / "ooc", offload=True, calib=str(text_file), **SETTINGS)
+    assert len(seen) == 4 and not any(seen)  # embeddings, norm and head are read again only for the writer
+    duogpt.prune(str(src), out=tmp_path / "mem", offload=False, calib=str(text_file), **SETTINGS)
+    same_checkpoint(tmp_path / "mem", tmp_path / "ooc")
+
+
 def test_offload_crash_then_resume_is_bit_identical(tmp_path, text_file, monkeypatch):
     src = sharded_checkpoint(tmp_path / "src")
     common = dict(calib=str(text_file), **SETTINGS)

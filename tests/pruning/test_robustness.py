@@ -43,15 +43,18 @@ def test_hopeless_hessian_fails_clearly():
 
 
 def _patch_gram(monkeypatch, make):
-    real = statistics.gram
+    """The first group's H replaced by ``make(H)``."""
+    real = statistics.Accumulator.finish
     calls = {"n": 0}
 
-    def gram(xs, ys=None):
+    def finish(self, out_norm2):
         calls["n"] += 1
-        H = real(xs, ys)
-        return make(H) if calls["n"] == 1 and ys is None else H
+        stats = real(self, out_norm2)
+        if calls["n"] == 1:
+            stats.H = make(stats.H)
+        return stats
 
-    monkeypatch.setattr(statistics, "gram", gram)
+    monkeypatch.setattr(statistics.Accumulator, "finish", finish)
 
 
 def test_pipeline_names_the_layer_whose_hessian_needed_more_dampening(monkeypatch, caplog):

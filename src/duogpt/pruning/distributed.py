@@ -75,26 +75,3 @@ def share_object(obj, src: int):
     box = [obj]
     dist.broadcast_object_list(box, src)
     return box[0]
-
-
-def global_values(local: list[torch.Tensor], sizes: list[int], mine: list[int], sample: int, seed: int):
-    """|x| of every chunk in chunk order, as one process would concatenate them, or its seeded sample.
-
-    ``local`` are this rank's chunks (flattened |x|), ``mine`` their chunk indices, ``sizes``
-    every chunk's entry count. Above ``sample`` entries, the same seeded uniform sample of
-    positions one process draws; each position is filled by the rank that holds it.
-    """
-    total = sum(sizes)
-    starts = [sum(sizes[:c]) for c in range(len(sizes))]
-    if total <= sample:
-        out = torch.zeros(total)
-        for c, values in zip(mine, local, strict=True):
-            out[starts[c] : starts[c] + sizes[c]] = values
-        return all_sum(out)
-    gen = torch.Generator().manual_seed(seed)
-    picks = torch.randint(0, total, (sample,), generator=gen)
-    out = torch.zeros(sample)
-    for c, values in zip(mine, local, strict=True):
-        inside = (picks >= starts[c]) & (picks < starts[c] + sizes[c])
-        out[inside] = values[picks[inside] - starts[c]]
-    return all_sum(out)

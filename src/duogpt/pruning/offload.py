@@ -1,10 +1,12 @@
 """Out-of-core prunes: the model's blocks live in its checkpoint, one at a time in memory.
 
 The model is built from its config with empty (meta) parameters; the embeddings, final norm
-and LM head are read from the safetensors shards at the start, each decoder block just
-before the pipeline reaches it. A finished block goes to the checkpoint writer and its
-parameters back to the meta device, so the peak is about one block, its statistics, the
-calibration streams and the non-block weights, whatever the model's size.
+and LM head are read from the safetensors shards at the start (after the calibration text is
+tokenized; released once the calibration inputs are captured, read again for the writer),
+each decoder block just before the pipeline reaches it. A finished block goes to the checkpoint writer and its
+parameters back to the meta device, and a group's calibration inputs wait in files
+(``spill.py``), so the peak is about one block, its statistics, the calibration streams and
+one chunk of the group's inputs, whatever the model's size.
 
 glibc raises its mmap threshold after large frees, after which freed blocks and solver
 workspaces stay in the heap and the resident size creeps up block after block; an
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 from accelerate import init_empty_weights
 from accelerate.utils import set_module_tensor_to_device
+from torch import nn
 
 from duogpt import memory
 from duogpt.errors import UsageError
@@ -43,6 +46,17 @@ class OffloadedBlocks:
             self.on_done(block)
         block.module.to("meta")
 
+    def release_rest(self, model: nn.Module) -> None:
+        """The embeddings, final norm and LM head to the meta device once the calibration inputs are
+        captured: nothing reads them until the writer (7B: 0.5 GB in bfloat16; Llama-3-70B: 4 GB)."""
+        for name, _ in list(model.named_parameters(remove_duplicate=False)):  # tied names too: all must let go
+            if not name.startswith(self.prefix + "."):
+                set_module_tensor_to_device(model, name, "meta")
+
+    def restore_rest(self, model: nn.Module) -> None:
+        """Read the non-block weights back from the shards (for the writer)."""
+        load_rest(model, self.reader, self.prefix, self.dtype)
+
 
 def local_checkpoint(model: str | None) -> Path:
     """A local directory with the model's config, tokenizer and safetensors (downloaded for a hub id)."""
@@ -58,7 +72,9 @@ def local_checkpoint(model: str | None) -> Path:
 
 
 def load_offloaded(model: str | None, dtype: str = "auto"):
-    """(model with empty blocks, tokenizer, ShardReader, layers prefix) for an out-of-core prune."""
+    """(model with every weight empty, tokenizer, ShardReader, layers prefix) for an out-of-core prune:
+    ``OffloadedBlocks.restore_rest`` reads the weights outside the blocks (after the calibration text
+    is tokenized, which holds a few hundred MB of its own for a while)."""
     memory.return_large_buffers()
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -70,12 +86,15 @@ def load_offloaded(model: str | None, dtype: str = "auto"):
     with init_empty_weights(include_buffers=False):
         skeleton = AutoModelForCausalLM.from_config(config, dtype=value_dtype)
     skeleton.eval()
-    prefix = layers_prefix(skeleton)
-    for name, _ in list(skeleton.named_parameters()):
+    return skeleton, tokenizer, reader, layers_prefix(skeleton)
+
+
+def load_rest(model: nn.Module, reader: ShardReader, prefix: str, dtype: torch.dtype) -> None:
+    """The weights outside the decoder blocks, from the shards (tied ones tied again)."""
+    for name, _ in list(model.named_parameters()):
         if not name.startswith(prefix + ".") and name in reader:
-            set_module_tensor_to_device(skeleton, name, "cpu", value=reader.get(name, value_dtype))
-    skeleton.tie_weights()
-    missing = [n for n, p in skeleton.named_parameters() if p.is_meta and not n.startswith(prefix + ".")]
+            set_module_tensor_to_device(model, name, "cpu", value=reader.get(name, dtype))
+    model.tie_weights()
+    missing = [n for n, p in model.named_parameters() if p.is_meta and not n.startswith(prefix + ".")]
     if missing:
-        raise UsageError(f"{path} has no tensor {missing[0]!r}: the checkpoint does not match its config")
-    return skeleton, tokenizer, reader, prefix
+        raise UsageError(f"{reader.directory} has no tensor {missing[0]!r}: the checkpoint does not match its config")

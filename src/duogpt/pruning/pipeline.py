@@ -25,12 +25,14 @@ from duogpt.errors import UsageError
 from duogpt.logs import log
 from duogpt.models import GROUPS, Block, find_blocks
 from duogpt.pruning import solvers, sparsify
-from duogpt.pruning.distributed import all_sum_floats, global_values, my_chunks, share, share_object, world
+from duogpt.pruning.distributed import my_chunks, share, share_object, world
+from duogpt.pruning.groups import group_statistics
 from duogpt.pruning.methods import Method, method_for
 from duogpt.pruning.offload import OffloadedBlocks
 from duogpt.pruning.result import LinearReport, PruneResult
 from duogpt.pruning.resume import WorkDir, fingerprint
-from duogpt.pruning.statistics import capture_inputs, collect, dense_run, group_inputs, run_block
+from duogpt.pruning.spill import ChunkStore
+from duogpt.pruning.statistics import capture_inputs, dense_run, run_block
 
 
 def stream_names(cfg: PruneConfig) -> list[str]:
@@ -62,6 +64,8 @@ def prune_model(
     split = _Split.of(samples, cfg.batch_size)
     chunks = samples.to(device).split(cfg.batch_size)
     hidden, kwargs = capture_inputs(model, [chunks[c] for c in split.mine])
+    if blocks_io is not None:
+        blocks_io.release_rest(model)
     streams = {name: list(hidden) for name in stream_names(cfg)}
     result = PruneResult(cfg, thresholds={})
     sparsifiers = sparsify.install(model, {}, cfg.sparsify_prefill)
@@ -80,6 +84,9 @@ def prune_model(
         log.info("resuming from block %d of %d (state in %s)", first, len(blocks), work.path)
     desc = f"{cfg.method} {cfg.weight_sparsity:.0%}/{cfg.act_sparsity:.0%}"
     bar = tqdm(blocks, desc=desc, disable=not progress or world()[0] != 0)
+    # out of core, a group's inputs wait in files of the work directory (one chunk resident at a time)
+    spill = blocks_io is not None and work is not None
+    store = ChunkStore(work.path / f"chunks-{world()[0]}" if spill else None)
     for block in bar:
         if block.index < first:
             continue
@@ -88,13 +95,14 @@ def prune_model(
         _with_block(
             blocks_io,
             block,
-            lambda b: _finish_block(model, b, streams, kwargs, cfg, result, work, start, split),
+            lambda b: _finish_block(model, b, streams, kwargs, cfg, result, work, start, split, store),
             result,
         )
         result.block_seconds[-1]["total"] = time.perf_counter() - t0
         for sp in sparsifiers.values():
             sp.forget()
         memory.trim()  # the block's temporaries are freed: keep the heap from creeping up block after block
+    store.close()
     sparsify.reset_counters(model, counting=False)
     result.seconds = time.perf_counter() - start
     if work is not None:
@@ -132,31 +140,24 @@ def _with_block(blocks_io: OffloadedBlocks | None, block: Block, work, result: P
             blocks_io.done(block)
 
 
-def _finish_block(model, block, streams, kwargs, cfg, result, work: WorkDir | None, start: float, split) -> None:
-    _prune_block(model, block, streams, kwargs[block.index], cfg, result, split)
+def _finish_block(model, block, streams, kwargs, cfg, result, work: WorkDir | None, start, split, store) -> None:
+    _prune_block(model, block, streams, kwargs[block.index], cfg, result, split, store)
     if work is not None:
         with result.timed("io"):
             work.save(block, streams, result, time.perf_counter() - start)
 
 
-def _prune_block(model, block: Block, streams: dict, kw: list[dict], cfg: PruneConfig, result, split) -> None:
-    """Calibrate and prune one block group by group, then move every stream past it."""
+def _prune_block(model, block: Block, streams: dict, kw: list[dict], cfg: PruneConfig, result, split, store):
+    """Calibrate and prune one block group by group, then move every stream past it (``store``: where
+    a group's inputs wait between the pass that makes them and the one that uses them)."""
     method = method_for(cfg.method, cfg.hessian)
     dense = None
     if "dense" in streams:
         with result.timed("forward"):
-            dense = dense_run(block, streams["dense"], kw)
+            dense = dense_run(block, streams["dense"], kw, store)
         streams["dense"] = dense.outputs
     for group in GROUPS:
-        xs = _calibrate_threshold(model, block, group, streams, kw, cfg, result, split) if "comp" in streams else None
-        fit = xs
-        if "calib" in streams:
-            with sparsify.disabled(model), result.timed("forward"):
-                fit = group_inputs(block, group, streams["calib"], kw)
-        xd = None if dense is None else dense.group_inputs(block, group)
-        with result.timed("statistics"):
-            stats = collect(method.statistics, fit, xd, dense.out_norm2 if dense is not None else {})
-        del xs, fit, xd  # the statistics are all a solve needs: the group's inputs go first
+        stats = group_statistics(model, block, group, streams, kw, cfg, result, split, method, dense, store)
         _solve_group(block, group, method, cfg, stats, result)
         del stats
     del dense
@@ -166,35 +167,6 @@ def _prune_block(model, block: Block, streams: dict, kw: list[dict], cfg: PruneC
         if "calib" in streams:
             with sparsify.disabled(model):
                 streams["calib"] = run_block(block.module, streams["calib"], kw)
-
-
-def _calibrate_threshold(model, block, group, streams, kw, cfg, result, split) -> list[torch.Tensor]:
-    """Set the group's threshold on the compressed stream; returns its sparsified inputs."""
-    name = f"layers.{block.index}.{group}"
-    with result.timed("forward"):
-        raw = group_inputs(block, group, streams["comp"], kw)
-    with result.timed("statistics"):
-        tau = _threshold(raw, block, group, cfg, split)
-    result.thresholds[name] = tau
-    sparsify.install(model, {name: tau}, cfg.sparsify_prefill)
-    xs = [sparsify.sparsify_(x, tau) for x in raw]  # in place: the raw inputs are not needed again
-    del raw
-    zeros, total = all_sum_floats([sum(int((x == 0).sum()) for x in xs), sum(x.numel() for x in xs)])
-    result.calib_act_sparsity[name] = zeros / total
-    return xs
-
-
-def _threshold(raw: list[torch.Tensor], block, group, cfg, split) -> float:
-    """The group's threshold from its raw inputs (with several processes, from every rank's)."""
-    if world()[1] == 1:
-        return sparsify.calibrate_threshold(raw, cfg.act_sparsity, cfg.seed)
-    if cfg.act_sparsity == 0:
-        return 0.0
-    width = next(iter(block.groups[group].values())).in_features
-    local = [x.detach().reshape(-1).abs().float().cpu() for x in raw]
-    sizes = [t * width for t in split.chunk_tokens]
-    values = global_values(local, sizes, split.mine, sparsify.MAX_QUANTILE_SAMPLES, cfg.seed)  # as one process
-    return sparsify.kth_threshold(values, cfg.act_sparsity)
 
 
 def _solve_group(block, group, method: Method, cfg, stats, result: PruneResult) -> None:

@@ -3,14 +3,15 @@
 Memory: the model (out of core: its non-block weights and one block), the calibration
 streams the method carries between blocks (old and new while a block runs), one block's
 group inputs (the dense stream keeps all four groups', the compressed stream one group's,
-raw and sparsified, and the threshold's copies), the float64 statistics of the widest group
-(H, G, Xs Xd^T and the solver's factors) and the solver's copies of the largest weight, plus
-a fixed allowance for the runtime. Sized to stay above measured peaks (2-core Intel Xeon):
-the default model at 32 x 512 tokens peaked at 2211 MB against an estimate of 2476 MB (the
-earlier estimate, 1762 MB, was under its peak); a 336M-parameter Llama at 16 x 256 tokens at
-2537 MB in memory (estimate 2945) and 1654 MB out of core (estimate 1956). Disk: the
-checkpoint (weights, packed sparse weights) and the resumable work directory (streams,
-block weights).
+raw and sparsified, and the threshold's copies; out of core one chunk of each), the float64
+statistics of the widest group (H, G, Xs Xd^T and the solver's factors) and the solver's
+copies of the largest weight, plus a fixed allowance for the runtime. Sized to stay above
+measured peaks (2-core Intel Xeon): the default model at 32 x 512 tokens peaked at 2211 MB
+against an estimate of 2476 MB (the earlier estimate, 1762 MB, was under its peak); a
+336M-parameter Llama at 16 x 256 tokens at 2537 MB in memory (estimate 2945) and 1654 MB out
+of core (estimate 1956); a 24-block, 1024-wide Llama (1.42 GB, vocabulary 49152) at 32 x 512
+tokens at 1351 MB out of core, group inputs in files (estimate 2211 MB). Disk: the checkpoint
+(weights, packed sparse weights) and the resumable work directory (streams, block weights).
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def _bytes(params) -> int:
     return sum(p.numel() * p.element_size() for p in params)
 
 
-def estimate(model, nsamples: int, seqlen: int, n_streams: int, with_work_dir: bool, offload: bool = False) -> Estimate:
+def estimate(
+    model, nsamples: int, seqlen: int, n_streams: int, with_work_dir: bool, offload: bool = False, batch_size: int = 8
+) -> Estimate:
     """Works on a model whose weights are not loaded (meta tensors): only shapes and dtypes are used."""
     _, blocks = find_blocks(model)
     value_bytes = next(model.parameters()).element_size()
@@ -55,8 +58,14 @@ def estimate(model, nsamples: int, seqlen: int, n_streams: int, with_work_dir: b
     widths = [next(iter(g.values())).in_features for g in blocks[0].groups.values()]
     biggest = max(lin.weight.numel() for lin in blocks[0].linears().values())
     # float32 group inputs: the dense stream's four groups for the whole block, the compressed
-    # stream's raw and sparsified inputs, and the threshold's concatenated |x| copies
+    # stream's raw and sparsified inputs, and the threshold's concatenated |x| copies; out of
+    # core they wait in files (spill.py): one chunk of each, the output-norm temporaries of the
+    # widest output, the threshold's sample
     group_inputs = tokens * 4 * (2 * sum(widths) + 6 * max(widths))
+    if offload:
+        chunk = min(nsamples, batch_size) * seqlen
+        widest_out = max(lin.out_features for lin in blocks[0].linears().values())
+        group_inputs = chunk * 4 * 4 * max(widths) + 2 * chunk * 8 * widest_out + 2 * 4 * 2**22
     stats = 6 * 8 * max(widths) ** 2  # float64 H, G and the solver's k x k factors
     solver = 4 * 8 * biggest
     memory = resident + 2 * stream_bytes + group_inputs + stats + solver + RUNTIME_ALLOWANCE  # old and new streams
@@ -64,6 +73,8 @@ def estimate(model, nsamples: int, seqlen: int, n_streams: int, with_work_dir: b
     disk = model_bytes + 50 * 2**20  # compact: a linear is stored packed only when that is smaller; + tokenizer
     if with_work_dir:
         disk += stream_bytes + linear_bytes
+        if offload:  # one block's group inputs waiting in files
+            disk += tokens * 4 * (sum(widths) + max(widths))
     return Estimate(memory, disk, stream_bytes)
 
 

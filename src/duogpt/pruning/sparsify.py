@@ -23,6 +23,42 @@ from duogpt.models import GROUPS, find_blocks
 MAX_QUANTILE_SAMPLES = 1 << 22
 
 
+class ThresholdSample:
+    """The |x| a threshold is taken from, gathered chunk by chunk (no copy of all the inputs: a 7B
+    down_proj's are 360 MB at 16 x 512 tokens).
+
+    ``sizes``: every chunk's entry count, in chunk order. Up to ``MAX_QUANTILE_SAMPLES`` entries in
+    all, every |x|; above, a seeded uniform sample of positions in the concatenated chunks. Each
+    position is filled by whoever adds the chunk that holds it, so processes that each add their
+    own chunks and sum the result (``threshold(reduce=...)``) see exactly what one process adding
+    every chunk would.
+    """
+
+    def __init__(self, sizes: list[int], seed: int = 0):
+        self.sizes, total = list(sizes), sum(sizes)
+        self.starts = [sum(self.sizes[:c]) for c in range(len(self.sizes))]
+        self.picks = None
+        if total > MAX_QUANTILE_SAMPLES:
+            gen = torch.Generator().manual_seed(seed)
+            self.picks = torch.randint(0, total, (MAX_QUANTILE_SAMPLES,), generator=gen)
+        self.values = torch.zeros(total if self.picks is None else MAX_QUANTILE_SAMPLES)
+
+    def add(self, chunk: int, x: torch.Tensor) -> None:
+        """Chunk number ``chunk`` (any shape; ``sizes[chunk]`` entries)."""
+        flat, start = x.detach().reshape(-1), self.starts[chunk]
+        if flat.numel() != self.sizes[chunk]:
+            raise ValueError(f"chunk {chunk} has {flat.numel()} entries, not {self.sizes[chunk]}")
+        if self.picks is None:
+            self.values[start : start + flat.numel()] = flat.abs().float().cpu()
+            return
+        inside = (self.picks >= start) & (self.picks < start + flat.numel())
+        self.values[inside] = flat[(self.picks[inside] - start).to(flat.device)].abs().float().cpu()
+
+    def threshold(self, p: float, reduce=lambda t: t) -> float:
+        """The k-th smallest gathered |x| with k = round(p * n) (``reduce`` first, e.g. a sum over processes)."""
+        return kth_threshold(reduce(self.values), p)
+
+
 def calibrate_threshold(chunks: Iterable[torch.Tensor], p: float, seed: int = 0) -> float:
     """Threshold tau with a fraction ``p`` of the entries satisfying ``|x| <= tau``.
 
@@ -31,20 +67,11 @@ def calibrate_threshold(chunks: Iterable[torch.Tensor], p: float, seed: int = 0)
     checks.fraction("activation sparsity", p)
     if p == 0:
         return 0.0
-    flat = [c.detach().reshape(-1) for c in chunks]
-    total = sum(f.numel() for f in flat)
-    if total <= MAX_QUANTILE_SAMPLES:
-        return kth_threshold(torch.cat([f.abs().float().cpu() for f in flat]), p)
-    # the sample of the concatenated |x|, gathered chunk by chunk (a k-th value ignores order):
-    # no copy of all the inputs (360 MB for a 7B down_proj at 16 x 512 tokens)
-    gen = torch.Generator().manual_seed(seed)
-    picks = torch.randint(0, total, (MAX_QUANTILE_SAMPLES,), generator=gen)
-    values, start = [], 0
-    for f in flat:
-        mine = picks[(picks >= start) & (picks < start + f.numel())] - start
-        values.append(f[mine.to(f.device)].abs().float().cpu())
-        start += f.numel()
-    return kth_threshold(torch.cat(values), p)
+    chunks = list(chunks)
+    sample = ThresholdSample([c.numel() for c in chunks], seed)
+    for i, c in enumerate(chunks):
+        sample.add(i, c)
+    return sample.threshold(p)
 
 
 def kth_threshold(values: torch.Tensor, p: float) -> float:

@@ -10,8 +10,9 @@ statistics are sums over chunks in float64:
 - ``dense_H = Xd Xd^T`` (the dense-Hessian ablation), ``norms2_j = ||X_j||^2`` (Wanda),
 - ``out_norm2[linear] = ||W Xd||^2`` over all tokens (the scale of the dense target).
 
-With several processes every sum also runs over the other ranks' chunks
-(``duogpt.pruning.distributed``). The solves that use them are pure functions
+``Accumulator`` adds one chunk at a time (``pruning/groups.py`` feeds it), so no more than a
+chunk of a group's inputs need be in memory. With several processes every sum also runs over
+the other ranks' chunks (``duogpt.pruning.distributed``). The solves that use them are pure functions
 (``duogpt.pruning.solvers``).
 """
 
@@ -25,6 +26,7 @@ from torch import nn
 
 from duogpt.models import GROUPS, Block, find_blocks
 from duogpt.pruning.distributed import all_sum, all_sum_floats
+from duogpt.pruning.spill import ChunkStore
 
 
 class _Stop(Exception):
@@ -76,8 +78,9 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]).float()
 
 
-def group_inputs(block: Block, group: str, hidden: list[torch.Tensor], kwargs: list[dict]) -> list[torch.Tensor]:
-    """Inputs of ``group`` (before its sparsifier) per chunk; the block runs only up to that group."""
+def group_input(block: Block, group: str, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """Inputs of ``group`` (before its sparsifier) for one chunk, as (tokens, k) float32; the block
+    runs only up to that group."""
     first = next(iter(block.groups[group].values()))
     seen: list[torch.Tensor] = []
 
@@ -87,41 +90,43 @@ def group_inputs(block: Block, group: str, hidden: list[torch.Tensor], kwargs: l
 
     handle = first.register_forward_pre_hook(hook, prepend=True)
     try:
-        for h, kw in zip(hidden, kwargs, strict=True):
-            try:
-                block.module(h, **kw)
-            except _Stop:
-                pass
+        block.module(hidden, **kwargs)
+    except _Stop:
+        pass
     finally:
         handle.remove()
-    return seen
+    return seen[0]
 
 
 @dataclass
 class DenseRun:
-    """One full pass of a not yet pruned block: outputs, every group's inputs ``Xd``, ``||W Xd||^2`` per part."""
+    """One full pass of a not yet pruned block: outputs, every group's inputs ``Xd`` chunk by chunk
+    (in ``store``, under ``xd.GROUP.CHUNK``), ``||W Xd||^2`` per part."""
 
     outputs: list[torch.Tensor]
-    inputs: dict[str, list[torch.Tensor]]
+    store: ChunkStore
     out_norm2: dict[str, float]
 
-    def group_inputs(self, block: Block, group: str) -> list[torch.Tensor]:
-        """``Xd`` of ``group``, handed over once: the run holds it no longer.
+    def take(self, group: str, chunk: int) -> torch.Tensor:
+        """``Xd`` of ``group`` for one chunk, handed over once: the run holds it no longer.
 
         (Recomputing each group's ``Xd`` instead, with the original weights, held 280 MB less
         between groups on a 24-block 1024-wide model but not at the peak, and took 13% longer.)"""
-        return self.inputs.pop(group)
+        return self.store.take(f"xd.{group}.{chunk}")
 
 
-def dense_run(block: Block, hidden: list[torch.Tensor], kwargs: list[dict]) -> DenseRun:
+def dense_run(block: Block, hidden: list[torch.Tensor], kwargs: list[dict], store: ChunkStore) -> DenseRun:
     """Run the (unpruned) block fully, recording what DuoGPT's dense target needs."""
-    run = DenseRun([], {g: [] for g in GROUPS}, {})
-    handles = []
+    run = DenseRun([], store, {})
+    handles, made = [], dict.fromkeys(GROUPS, 0)
+
+    def keep(group: str, x: torch.Tensor) -> None:
+        store.put(f"xd.{group}.{made[group]}", _as_rows(x))
+        made[group] += 1
+
     for group, linears in block.groups.items():
         first = next(iter(linears.values()))
-        handles.append(
-            first.register_forward_pre_hook(lambda _m, args, g=group: run.inputs[g].append(_as_rows(args[0])))
-        )
+        handles.append(first.register_forward_pre_hook(lambda _m, args, g=group: keep(g, args[0])))
         for lname, linear in linears.items():
 
             def norm_hook(mod, _args, out, parts=block.parts(lname, linear)):
@@ -141,19 +146,23 @@ def dense_run(block: Block, hidden: list[torch.Tensor], kwargs: list[dict]) -> D
     return run
 
 
+def _add_product(total: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``total + X^T Y``: the float32 product added in place in float64 (the first one widened)."""
+    part = x.T @ y
+    if total is None:
+        return part.double()
+    for r in range(0, part.shape[0], 1024):  # widening makes a copy: keep it to 1024 rows
+        total[r : r + 1024] += part[r : r + 1024]
+    return total
+
+
 def gram(xs: Iterable[torch.Tensor], ys: Iterable[torch.Tensor] | None = None) -> torch.Tensor:
     """sum over chunks of X^T Y (tokens-major chunks): float32 products accumulated in place in float64."""
     xs = list(xs) if ys is None else xs
     ys = xs if ys is None else ys
     total = None
     for x, y in zip(xs, ys, strict=True):
-        part = x.T @ y
-        if total is None:
-            total = part.double()
-        else:
-            for r in range(0, part.shape[0], 1024):  # widening makes a copy: keep it to 1024 rows
-                total[r : r + 1024] += part[r : r + 1024]
-        del part
+        total = _add_product(total, x, y)
     return total
 
 
@@ -168,21 +177,45 @@ class Statistics:
     out_norm2: dict[str, float] = field(default_factory=dict)
 
 
+class Accumulator:
+    """The statistics named in ``needed``, summed chunk by chunk in chunk order: the same bits as
+    one pass over all the chunks, with one chunk of the inputs in memory at a time."""
+
+    def __init__(self, needed: frozenset[str]):
+        self.needed, self.stats = needed, Statistics()
+
+    def add(self, fit: torch.Tensor, dense: torch.Tensor | None = None) -> None:
+        """One chunk: the inputs the weights are fit to and (DuoGPT) the same tokens' dense inputs."""
+        st = self.stats
+        if "H" in self.needed:
+            st.H = _add_product(st.H, fit, fit)
+        if "G" in self.needed:  # (Xd - Xs) Xs^T, without the cancellation of Xs Xd^T - H
+            st.G = _add_product(st.G, dense - fit, fit)
+        if "norms2" in self.needed:
+            part = (fit.double() ** 2).sum(0)
+            st.norms2 = part if st.norms2 is None else st.norms2 + part
+        if "dense_H" in self.needed:
+            st.dense_H = _add_product(st.dense_H, dense, dense)
+
+    def finish(self, out_norm2: dict) -> Statistics:
+        """The sums over every process's chunks."""
+        st = self.stats
+        for name in ("H", "G", "dense_H", "norms2"):
+            if getattr(st, name) is not None:
+                setattr(st, name, all_sum(getattr(st, name)))
+        st.out_norm2 = out_norm2
+        self.stats = Statistics()
+        return st
+
+
 def collect(
     needed: frozenset[str], inputs: list[torch.Tensor], dense_inputs: list[torch.Tensor] | None, out_norm2: dict
 ) -> Statistics:
     """The statistics named in ``needed`` from the fit inputs and (DuoGPT) the group's dense inputs."""
-    stats = Statistics(out_norm2=out_norm2)
-    if "H" in needed:
-        stats.H = all_sum(gram(inputs))
-    if "G" in needed:
-        diffs = (d - x for d, x in zip(dense_inputs, inputs, strict=True))  # one chunk at a time
-        stats.G = all_sum(gram(diffs, inputs))  # (Xd - Xs) Xs^T, without the cancellation of Xs Xd^T - H
-    if "norms2" in needed:
-        stats.norms2 = all_sum(sum((x.double() ** 2).sum(0) for x in inputs))
-    if "dense_H" in needed:
-        stats.dense_H = all_sum(gram(dense_inputs))
-    return stats
+    acc = Accumulator(needed)
+    for c, fit in enumerate(inputs):
+        acc.add(fit, None if dense_inputs is None else dense_inputs[c])
+    return acc.finish(out_norm2)
 
 
 def output_error(W, What, H, G=None, target_norm2=None, rows: int = 1024) -> float:
