@@ -98,7 +98,7 @@ class DualSparseLinear(nn.Linear):
         chosen = tune.plan(n, k, self.values.dtype, self.nnz / (n * k), self.stored_tile_rows)
         if chosen != tune.Plan(0, self.stored_tile_rows):
             self._set_packed(retile(self.sp, chosen.tile_rows, chosen.align))
-        self.variant = chosen.variant
+        self.variant, self._cpu_kernel = chosen.variant, None
 
     @property
     def retiled(self) -> bool:
@@ -114,6 +114,7 @@ class DualSparseLinear(nn.Linear):
         if self.retiled and fn(torch.empty(0)).device.type != "cpu":
             self._set_packed(self.stored())
             self.variant = 0
+        self._cpu_kernel = None  # it holds the buffers' addresses: made again from the new ones
         return super()._apply(fn, recurse)
 
     @classmethod
@@ -153,16 +154,19 @@ class DualSparseLinear(nn.Linear):
     def _kernel_product(self, x2d: torch.Tensor) -> torch.Tensor:
         if gpu_path(x2d):
             return triton_spmspv.spmspv(self._stored_on_device(), x2d)
-        if self._cpu_kernel is None or self._cpu_kernel.values is not self.values:
-            self._cpu_kernel = CpuSpMSpV(self.sp, padded=self.values, variant=self.variant)
-        return self._cpu_kernel(x2d)
+        kernel = self._cpu_kernel  # made once (a decode step calls hundreds), again if the buffers changed
+        if kernel is None or kernel.values is not self._buffers["values"]:  # e.g. a deep copy of the model
+            kernel = self._cpu_kernel = CpuSpMSpV(self.sp, padded=self.values, variant=self.variant)
+        return kernel(x2d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
         grad = torch.is_grad_enabled()
         if self.use_kernel and rows <= MAX_KERNEL_ROWS and not grad:
-            y = self._kernel_product(x.reshape(rows, -1)).to(x.dtype).reshape(*x.shape[:-1], self.out_features)
-            return y if self.bias is None else y + self.bias
+            y = self._kernel_product(x.reshape(rows, -1))
+            y = (y if y.dtype == x.dtype else y.to(x.dtype)).reshape(*x.shape[:-1], self.out_features)
+            bias = self.bias
+            return y if bias is None else y + bias
         # with autograd on, the weight must outlive this call (backward reads it): no shared buffer
         return F.linear(x, self._unpacked(reuse=not grad).to(x.dtype), self.bias)
 

@@ -245,6 +245,9 @@ class CpuSpMSpV:
         self.values = padded_values(sp.values) if padded is None else padded
         self.threads = threads or torch.get_num_threads()
         self.variant = variant
+        n, k = sp.shape  # the arguments that do not change from call to call (a decode step makes hundreds)
+        self._weight = (sp.bitmaps.data_ptr(), self.values.data_ptr(), _DTYPE_CODES[self.values.dtype])
+        self._weight += (sp.offsets.data_ptr(), n, k, sp.tile_rows)
 
     @property
     def isa(self) -> str:
@@ -253,22 +256,12 @@ class CpuSpMSpV:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``W @ x`` for x of shape (k,) or (batch <= 16, k); returns float32."""
         n, k = self.sp.shape
-        xs = x.reshape(-1, k).float().contiguous()
-        y = torch.empty(xs.shape[0], n, dtype=torch.float32)
-        status = self.dll.duogpt_spmspv(
-            self.sp.bitmaps.data_ptr(),
-            self.values.data_ptr(),
-            _DTYPE_CODES[self.values.dtype],
-            self.sp.offsets.data_ptr(),
-            n,
-            k,
-            self.sp.tile_rows,
-            xs.data_ptr(),
-            xs.shape[0],
-            y.data_ptr(),
-            self.threads,
-            self.variant,
-        )
+        xs = x.reshape(-1, k)
+        if xs.dtype != torch.float32 or not xs.is_contiguous():
+            xs = xs.float().contiguous()
+        rows = xs.shape[0]
+        y = torch.empty(rows, n, dtype=torch.float32)
+        status = self.dll.duogpt_spmspv(*self._weight, xs.data_ptr(), rows, y.data_ptr(), self.threads, self.variant)
         if status != 0:
             raise UsageError(f"the CPU kernel refused its arguments (batch {xs.shape[0]} must be 1..16)")
         return y.reshape(*x.shape[:-1], n)
