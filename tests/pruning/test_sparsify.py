@@ -82,3 +82,22 @@ def test_sparsifiers_hold_no_activation_after_a_forward_pass(samples, monkeypatc
         model(input_ids=samples)
     assert len(calls) == 2 * 4 * 1  # one sparsification per group and block, not one per linear
     assert all(sp._last is None for sp in registry.values())
+
+
+@pytest.mark.parametrize("entries", [600, 3 * sparsify.MAX_QUANTILE_SAMPLES // 2])
+def test_threshold_sample_split_between_processes_sees_what_one_process_sees(entries):
+    gen = torch.Generator().manual_seed(0)
+    chunks = [torch.randn(entries // 3, generator=gen) for _ in range(3)]
+    sizes = [c.numel() for c in chunks]
+    one = sparsify.ThresholdSample(sizes, seed=5)
+    for i, c in enumerate(chunks):
+        one.add(i, c)
+    ranks = [sparsify.ThresholdSample(sizes, seed=5) for _ in range(2)]
+    for i, c in enumerate(chunks):  # dealt round-robin, as the ranks deal calibration batches
+        ranks[i % 2].add(i, c)
+    summed = ranks[0].values + ranks[1].values
+    tau = one.threshold(0.5)
+    assert tau == ranks[0].threshold(0.5, reduce=lambda _: summed)
+    assert tau == sparsify.calibrate_threshold(chunks, 0.5, seed=5)
+    with pytest.raises(ValueError, match="entries"):
+        one.add(0, torch.zeros(3))
