@@ -49,7 +49,7 @@ def test_plan_is_measured_once_and_cached(fresh_cache):
     assert (entry["variant"], entry["tile_rows"]) == (first.variant, first.tile_rows)
     assert min(entry["ms"].values()) == pytest.approx(entry["ms"][str(first)])
     tune._plan_cached.cache_clear()
-    entry["variant"], entry["tile_rows"] = 0, 64  # a cached answer is read, not measured again
+    entry["variant"], entry["tile_rows"], entry["align"] = 0, 64, 0  # a cached answer is read, not measured again
     fresh_cache.write_text(json.dumps({next(iter(json.loads(fresh_cache.read_text()))): entry}))
     assert tune.plan(300, 64, torch.bfloat16, 0.5, 128, threads=2) == tune.Plan(0, 64)
 
