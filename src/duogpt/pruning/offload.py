@@ -3,10 +3,10 @@
 The model is built from its config with empty (meta) parameters; the embeddings, final norm
 and LM head are read from the safetensors shards at the start (after the calibration text is
 tokenized; released once the calibration inputs are captured, read again for the writer),
-each decoder block just before the pipeline reaches it. A finished block goes to the checkpoint writer and its
-parameters back to the meta device, and a group's calibration inputs wait in files
-(``spill.py``), so the peak is about one block, its statistics, the calibration streams and
-one chunk of the group's inputs, whatever the model's size.
+each decoder block just before the pipeline reaches it. A finished block goes to the
+checkpoint writer and its parameters back to the meta device, and a group's calibration
+inputs wait in files (``spill.py``), so the peak is about one block, its statistics, the
+calibration streams and one chunk of the group's inputs, whatever the model's size.
 
 glibc raises its mmap threshold after large frees, after which freed blocks and solver
 workspaces stay in the heap and the resident size creeps up block after block; an

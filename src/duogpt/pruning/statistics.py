@@ -18,7 +18,6 @@ the other ranks' chunks (``duogpt.pruning.distributed``). The solves that use th
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -156,16 +155,6 @@ def _add_product(total: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor) -
     return total
 
 
-def gram(xs: Iterable[torch.Tensor], ys: Iterable[torch.Tensor] | None = None) -> torch.Tensor:
-    """sum over chunks of X^T Y (tokens-major chunks): float32 products accumulated in place in float64."""
-    xs = list(xs) if ys is None else xs
-    ys = xs if ys is None else ys
-    total = None
-    for x, y in zip(xs, ys, strict=True):
-        total = _add_product(total, x, y)
-    return total
-
-
 @dataclass
 class Statistics:
     """A group's calibration statistics (None where the method does not collect them)."""
@@ -206,16 +195,6 @@ class Accumulator:
         st.out_norm2 = out_norm2
         self.stats = Statistics()
         return st
-
-
-def collect(
-    needed: frozenset[str], inputs: list[torch.Tensor], dense_inputs: list[torch.Tensor] | None, out_norm2: dict
-) -> Statistics:
-    """The statistics named in ``needed`` from the fit inputs and (DuoGPT) the group's dense inputs."""
-    acc = Accumulator(needed)
-    for c, fit in enumerate(inputs):
-        acc.add(fit, None if dense_inputs is None else dense_inputs[c])
-    return acc.finish(out_norm2)
 
 
 def output_error(W, What, H, G=None, target_norm2=None, rows: int = 1024) -> float:
