@@ -50,11 +50,15 @@ def test_prune_save_load_eval_round_trip(tiny_checkpoint, text_file, tmp_path, c
     assert result["tokens"] == 4 * 31
     assert result["weight_sparsity"] == pytest.approx(0.5)
     assert 0.3 < result["activation_sparsity"] < 0.7
+    cross = result["cross_domain"]  # the packaged second domain, by default, side by side
+    assert cross["text"] == "pydocs" and cross["tokens"] == 4 * 31 and cross["perplexity"] != result["perplexity"]
+    assert "perplexity (pydocs)" in table
 
     # --no-act-sparsity evaluates dense activations; a plain model evaluates dense
     dense_report = tmp_path / "dense.json"
-    assert main([*args[:-2], "--json", str(dense_report), "--no-act-sparsity", "--quiet"]) == 0
+    assert main([*args[:-2], "--json", str(dense_report), "--no-act-sparsity", "--cross-text", "none", "--quiet"]) == 0
     assert json.loads(dense_report.read_text())["activation_sparsity"] is None
+    assert "cross_domain" not in json.loads(dense_report.read_text())
     plain_report = tmp_path / "plain.json"
     plain_args = ["eval", str(tiny_checkpoint), "--text", str(text_file), "--seqlen", "32", "--max-windows", "4"]
     assert main([*plain_args, "--json", str(plain_report), "--quiet"]) == 0

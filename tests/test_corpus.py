@@ -24,6 +24,22 @@ def test_brown_parts_are_disjoint_and_tag_free():
     assert evaluation.startswith("East Providence should organize")
 
 
+def test_pydocs_parts_are_disjoint_technical_text_with_its_license():
+    calib = corpus.load_text("pydocs", "calib")
+    evaluation = corpus.load_text("pydocs", "eval")
+    assert len(evaluation) > 300_000 and len(calib) > 3 * len(evaluation)
+    shared = {p.strip() for p in evaluation.split("\n\n")} & {p.strip() for p in calib.split("\n\n")}
+    assert not {p for p in shared if len(p) > 20}  # paragraphs copied between modules were dropped
+    for word in ("function", "argument", "module", "return"):
+        assert evaluation.count(word) > 100
+    brown = corpus.load_text("brown", "eval")
+    assert brown.count("def ") * 20 < evaluation.count("def ")  # another domain: code and its documentation
+    from importlib import resources
+
+    notice = resources.files("duogpt").joinpath("data/pydocs_LICENSE.txt").read_text()
+    assert "PYTHON SOFTWARE FOUNDATION LICENSE" in notice
+
+
 def test_local_txt_and_jsonl(tmp_path):
     txt = tmp_path / "a.txt"
     txt.write_text("hello world")

@@ -5,6 +5,10 @@ Sources (``SOURCE`` on the command line):
 - ``brown`` (default): the Brown corpus shipped in the package, split by document
   (every fifth document of each genre is evaluation text, the rest calibration;
   see ``scripts/build_brown.py``).
+- ``pydocs``: the Python standard library's documentation (language reference topics and
+  module docstrings; technical English about software, unlike Brown's 1961 prose), shipped
+  for cross-domain evaluation, split the same way (every fifth document is evaluation text;
+  see ``scripts/build_pydocs.py``; Python license in ``data/pydocs_LICENSE.txt``).
 - ``wikitext2`` and ``c4``: through the ``datasets`` package; needs a network.
 - a path to a ``.txt`` file (used whole) or a ``.jsonl`` file (the ``text`` field of
   each line, documents joined by blank lines).
@@ -23,7 +27,9 @@ from duogpt import checks
 from duogpt.errors import UsageError
 
 DEFAULT_SOURCE = "brown"
-SOURCES = "brown, wikitext2, c4, or a .txt/.jsonl file"  # how help texts name the choices
+CROSS_SOURCE = "pydocs"  # the default cross-domain evaluation text
+PACKAGED = (DEFAULT_SOURCE, CROSS_SOURCE)
+SOURCES = "brown, pydocs, wikitext2, c4, or a .txt/.jsonl file"  # how help texts name the choices
 BOS_MODES = ("auto", "always", "never")
 SPLITS = ("calib", "eval")
 _HUB_SPLITS = {"wikitext2": {"calib": "train", "eval": "test"}, "c4": {"calib": "train", "eval": "validation"}}
@@ -37,8 +43,8 @@ def load_text(source: str, split: str) -> str:
     """Return the raw text of ``source`` for ``split`` ('calib' or 'eval')."""
     if split not in SPLITS:
         raise UsageError(f"unknown text split {split!r}: use one of {', '.join(SPLITS)}")
-    if source == DEFAULT_SOURCE:
-        blob = resources.files("duogpt").joinpath(f"data/brown_{split}.txt.xz").read_bytes()
+    if source in PACKAGED:
+        blob = resources.files("duogpt").joinpath(f"data/{source}_{split}.txt.xz").read_bytes()
         return lzma.decompress(blob).decode("utf-8")
     if source in _HUB_SPLITS:
         return _load_hub_text(source, _HUB_SPLITS[source][split])
@@ -48,7 +54,7 @@ def load_text(source: str, split: str) -> str:
 def _load_local_text(path: Path) -> str:
     if not path.is_file():
         raise UsageError(
-            f"text source {str(path)!r} is neither a file nor one of brown, wikitext2, c4: "
+            f"text source {str(path)!r} is neither a file nor one of brown, pydocs, wikitext2, c4: "
             "pass an existing .txt/.jsonl file or a built-in source name"
         )
     if path.suffix not in (".txt", ".jsonl"):

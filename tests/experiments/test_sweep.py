@@ -45,6 +45,7 @@ def test_quick_preset_writes_every_table_and_plot_and_resumes(tiny_checkpoint, c
     assert len(labels) == len(set(labels))
     for r in data["results"]:
         assert r["perplexity"] > 1 and r["estimated_speedup"] > 0
+        assert r["cross_perplexity"] > 1 and r["cross_perplexity"] != r["perplexity"]  # pydocs, by default
         assert set(r["tasks"]) == {"last_word", "cloze"}
         if r["kind"] != "dense":
             assert r["measured_speedup"] > 0
@@ -64,6 +65,8 @@ def test_quick_preset_writes_every_table_and_plot_and_resumes(tiny_checkpoint, c
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "results.md").read_text()
     assert "DuoGPT perplexity" in md and "best structured baseline" in md and "cost model vs measurement" in md
+    assert "PPL cross-domain" in md and "cross-domain: DuoGPT perplexity" in md
+    assert "cross-domain: 2 x 32 tokens of the eval part of pydocs" in data["meta"]["data"]
 
     # a second run reuses every finished cell
     def refuse(*_a, **_k):
@@ -86,11 +89,11 @@ def test_stopped_sweep_resumes_from_the_unfinished_cell(tiny_checkpoint, corpus,
         return real(cell, *args, **kwargs)
 
     monkeypatch.setattr(sweep, "run_cell", stop_at_third)
-    assert _run(tiny_checkpoint, corpus, out, "--no-speed", "--task-items", "0") == 130
+    assert _run(tiny_checkpoint, corpus, out, "--no-speed", "--task-items", "0", "--cross-text", "none") == 130
     assert len(list((out / "cells").glob("*.json"))) == 2
     calls.clear()
     monkeypatch.setattr(sweep, "run_cell", lambda cell, *a, **k: calls.append(cell.label) or real(cell, *a, **k))
-    assert _run(tiny_checkpoint, corpus, out, "--no-speed", "--task-items", "0") == 0
+    assert _run(tiny_checkpoint, corpus, out, "--no-speed", "--task-items", "0", "--cross-text", "none") == 0
     assert calls[0] not in ("dense", "activation-only-50-50")
     assert len(calls) == len(json.loads((out / "results.json").read_text())["results"]) - 2
 

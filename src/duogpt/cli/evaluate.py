@@ -23,6 +23,7 @@ def add(sub) -> None:
     )
     options.model(p, "hub id, checkpoint, or duogpt output directory", metavar="MODEL_OR_DIR")
     options.text_source(p, "--text", "evaluation text")
+    options.cross_text(p)
     act = p.add_mutually_exclusive_group()
     act.add_argument(
         "--act-sparsity",
@@ -53,7 +54,10 @@ def add(sub) -> None:
 
 def run(args) -> int:
     options.check_outputs(args.json)
-    text = corpus.load_text(args.text, "eval")
+    texts = {args.text: corpus.load_text(args.text, "eval")}
+    cross = options.cross_source(args.cross_text)
+    if cross and cross != args.text:
+        texts[cross] = corpus.load_text(cross, "eval")
     model, tokenizer, meta = load_any(args.model, device=args.device)
     bos = corpus.bos_token(tokenizer, args.bos)
     if args.no_act_sparsity or args.act_sparsity is not None:
@@ -62,30 +66,42 @@ def run(args) -> int:
         calib = corpus.load_text(args.calib, "calib")
         samples = corpus.calibration_samples(corpus.tokenize(tokenizer, calib), 16, args.seqlen, 0, bos)
         calibrate_activation_sparsity(model, samples, args.act_sparsity, progress=not args.quiet)
-    windows = corpus.eval_windows(corpus.tokenize(tokenizer, text), args.seqlen, args.max_windows, bos)
-    result = perplexity(model, windows, args.batch_size, progress=not args.quiet)
+    results = {}
+    for name, text in texts.items():
+        windows = corpus.eval_windows(corpus.tokenize(tokenizer, text), args.seqlen, args.max_windows, bos)
+        results[name] = perplexity(model, windows, args.batch_size, progress=not args.quiet)
+    result = results[args.text]
     report = {"model": args.model or "default", "text": args.text, "method": meta and meta["config"]["method"]}
     report["bos_token_id"] = bos  # every window started with it (None: the paper protocol, no BOS)
     report.update(result.to_json())
-    act = "dense" if result.activation_sparsity is None else f"{result.activation_sparsity:.3f}"
-    halves = result.half_perplexities
-    window = f"{args.seqlen} text tokens" if bos is None else f"BOS + {args.seqlen - 1} text tokens"
-    rows = [
-        ("model", report["model"]),
-        ("perplexity", f"{result.perplexity:.3f}  (halves {halves[0]:.2f} / {halves[1]:.2f})"),
-        ("tokens", f"{result.tokens} scored  ({window} per window)"),
-        ("weight sparsity", f"{result.weight_sparsity:.3f}"),
-        ("activation sparsity", act),
-        ("wall seconds", f"{result.wall_seconds:.1f}"),
-        ("peak RSS MB", f"{result.peak_rss_mb:.0f}"),
-    ]
-    report["tasks"] = _zero_shot(args, model, tokenizer, text, rows)
+    if len(results) > 1:
+        report["cross_domain"] = dict(results[cross].to_json(), text=cross)
+    rows = _rows(args, report["model"], results, bos)
+    report["tasks"] = _zero_shot(args, model, tokenizer, texts[args.text], rows)
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     if args.json:
         write_text(args.json, json.dumps(report, indent=1))
     return 0
+
+
+def _rows(args, model: str, results: dict, bos) -> list[tuple[str, str]]:
+    """The printed table: one perplexity row per text (the first the --text one), then the facts."""
+    rows = [("model", model)]
+    for name, r in results.items():
+        halves = r.half_perplexities
+        rows.append((f"perplexity ({name})", f"{r.perplexity:.3f}  (halves {halves[0]:.2f} / {halves[1]:.2f})"))
+    result = results[args.text]
+    act = "dense" if result.activation_sparsity is None else f"{result.activation_sparsity:.3f}"
+    window = f"{args.seqlen} text tokens" if bos is None else f"BOS + {args.seqlen - 1} text tokens"
+    return rows + [
+        ("tokens", f"{result.tokens} scored per text ({window} per window)"),
+        ("weight sparsity", f"{result.weight_sparsity:.3f}"),
+        (f"activation sparsity ({args.text})", act),
+        ("wall seconds", f"{sum(r.wall_seconds for r in results.values()):.1f}"),
+        ("peak RSS MB", f"{max(r.peak_rss_mb for r in results.values()):.0f}"),
+    ]
 
 
 def _zero_shot(args, model, tokenizer, text: str, rows: list) -> dict:

@@ -6,7 +6,7 @@ import argparse
 
 from duogpt import checks
 from duogpt.config import PruneConfig, fields
-from duogpt.corpus import BOS_MODES, DEFAULT_SOURCE, SOURCES
+from duogpt.corpus import BOS_MODES, CROSS_SOURCE, DEFAULT_SOURCE, SOURCES
 from duogpt.files import check_writable
 
 
@@ -24,6 +24,21 @@ def device(p: argparse.ArgumentParser) -> None:
 
 def text_source(p: argparse.ArgumentParser, flag: str, what: str) -> None:
     p.add_argument(flag, default=DEFAULT_SOURCE, metavar="SOURCE", help=f"{what}: {SOURCES} (default: %(default)s)")
+
+
+def cross_text(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cross-text",
+        default=CROSS_SOURCE,
+        metavar="SOURCE",
+        help="a second evaluation text of another domain, reported beside the first: "
+        f"{SOURCES}, or none (default: %(default)s, the Python standard library's documentation)",
+    )
+
+
+def cross_source(value: str | None) -> str | None:
+    """The --cross-text value as a source, or None for 'none'."""
+    return None if value is None or value.lower() == "none" else value
 
 
 def bos(p: argparse.ArgumentParser, what: str) -> None:

@@ -24,6 +24,7 @@ def add(sub) -> None:
     p.add_argument("--model", default=None, help="hub id or local model (default: the embedded model)")
     options.text_source(p, "--calib", "calibration text")
     options.text_source(p, "--text", "evaluation text")
+    options.cross_text(p)
     options.positive(p, "--nsamples", "calibration sequences (default: the preset's)")
     options.positive(p, "--seqlen", "tokens per sequence and window (default: the preset's)")
     options.positive(p, "--eval-windows", "evaluation windows (default: the preset's)")
@@ -64,6 +65,9 @@ def run(args) -> int:
         seed=args.seed,
     )
     command = "duogpt " + " ".join(args.argv)
-    _, text = run_sweep(preset, args.out, opts, args.calib, args.text, not args.quiet, command=command)
+    cross = options.cross_source(args.cross_text)
+    _, text = run_sweep(
+        preset, args.out, opts, args.calib, args.text, not args.quiet, command=command, cross_text=cross
+    )
     print(text)
     return 0

@@ -23,6 +23,7 @@ CSV_COLUMNS = [
     "weight_sparsity",
     "activation_sparsity",
     "perplexity",
+    "cross_perplexity",
     "last_word_accuracy",
     "cloze_accuracy",
     "mean_accuracy",
@@ -43,7 +44,9 @@ def _variant(r: dict, field: str | None):
 
 def results_table(results: list[dict], variant_field: str | None = None) -> str:
     has_tasks = any(r.get("tasks") for r in results)
+    has_cross = any(r.get("cross_perplexity") is not None for r in results)
     header = ["run", "method", "target w/x", "weight sp.", "act. sp.", "PPL", "PPL halves"]
+    header += ["PPL cross-domain"] if has_cross else []
     header += [variant_field] if variant_field else []
     header += ["last word", "cloze", "mean acc."] if has_tasks else []
     header += ["est. speedup", "measured", "prune s"]
@@ -59,6 +62,7 @@ def results_table(results: list[dict], variant_field: str | None = None) -> str:
             f"{r['perplexity']:.2f}",
             " / ".join(f"{h:.1f}" for h in r["half_perplexities"]),
         ]
+        row += [_fmt(r.get("cross_perplexity"), ".2f")] if has_cross else []
         row += [str(_variant(r, variant_field))] if variant_field else []
         if has_tasks:
             tasks = r.get("tasks", {})
@@ -80,6 +84,11 @@ def _task_cell(t: dict | None) -> str:
     return "" if t is None else f"{t['accuracy']:.3f} ({t['ci_low']:.2f}-{t['ci_high']:.2f})"
 
 
+def _versus(duo: dict, o: dict, other: str, key: str) -> str:
+    verdict = "lower" if duo[key] < o[key] else "NOT lower"
+    return f"perplexity {duo[key]:.2f} vs {other} {o[key]:.2f} (ratio {duo[key] / o[key]:.3f}, {verdict})"
+
+
 def comparisons(results: list[dict], preset: Preset) -> list[str]:
     """The paper's comparisons, as sentences with ratios."""
     by = {r["label"]: r for r in results}
@@ -92,11 +101,9 @@ def comparisons(results: list[dict], preset: Preset) -> list[str]:
         for other in ("sparsegpt", "wanda"):
             o = by.get(f"{other}-{t}")
             if o is not None:
-                verdict = "lower" if duo["perplexity"] < o["perplexity"] else "NOT lower"
-                lines.append(
-                    f"- {pw:.0%}/{px:.0%}: DuoGPT perplexity {duo['perplexity']:.2f} vs {other} "
-                    f"{o['perplexity']:.2f} (ratio {duo['perplexity'] / o['perplexity']:.3f}, {verdict})"
-                )
+                lines.append(f"- {pw:.0%}/{px:.0%}: DuoGPT " + _versus(duo, o, other, "perplexity"))
+                if duo.get("cross_perplexity") and o.get("cross_perplexity"):
+                    lines.append("  cross-domain: DuoGPT " + _versus(duo, o, other, "cross_perplexity"))
         structured = [by[k] for k in (f"shortgpt-{t}", f"flap-{t}") if k in by]
         if structured and duo.get("mean_accuracy") is not None:
             best = max(structured, key=lambda r: r["mean_accuracy"])

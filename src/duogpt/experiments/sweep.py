@@ -51,6 +51,7 @@ class GridData:
     windows: torch.Tensor
     task_text: str
     description: str
+    cross_windows: torch.Tensor | None = None  # windows of a second text of another domain
 
 
 @dataclass
@@ -74,6 +75,7 @@ def prepare(
     eval_text: str,
     eval_split: str,
     eval_windows: int,
+    cross_text: str | None = None,
 ) -> GridData:
     bos = corpus.bos_token(tokenizer)
     samples = corpus.calibration_samples(
@@ -86,7 +88,12 @@ def prepare(
         f"{windows.shape[0]} x {seqlen} tokens of the {eval_split} part of {eval_text}"
         + ("" if bos is None else f"; each sample and window starts with BOS ({bos})")
     )
-    return GridData(samples, windows, text, desc)
+    cross = None
+    if cross_text is not None:
+        ids = corpus.tokenize(tokenizer, corpus.load_text(cross_text, eval_split))
+        cross = corpus.eval_windows(ids, seqlen, eval_windows, bos)
+        desc += f"; cross-domain: {cross.shape[0]} x {seqlen} tokens of the {eval_split} part of {cross_text}"
+    return GridData(samples, windows, text, desc, cross)
 
 
 def _prune(cell: Cell, lm, grid: GridData, progress: bool) -> tuple[dict | None, float]:
@@ -159,6 +166,7 @@ def run_cell(cell: Cell, grid: GridData, opts: SweepOptions, out: Path | None = 
         )
     sparse_runtime = cell.kind in ("dual", "activation-only")
     cost = decode_cost(lm, result.per_layer_activation_sparsity, context=context, sparse_runtime=sparse_runtime)
+    cross = perplexity(lm, grid.cross_windows, progress=progress) if grid.cross_windows is not None else None
     speed = _measure_speed(cell, lm, tokenizer, thresholds, opts) if opts.measure_speed else None
     record = {
         "label": cell.label,
@@ -169,6 +177,8 @@ def run_cell(cell: Cell, grid: GridData, opts: SweepOptions, out: Path | None = 
         "settings": cell.settings,
         "prune_seconds": seconds,
         **result.to_json(),
+        "cross_perplexity": cross and cross.perplexity,
+        "cross_half_perplexities": cross and list(cross.half_perplexities),
         "tasks": {t.name: t.to_json() for t in tasks},
         "mean_accuracy": sum(t.accuracy for t in tasks) / len(tasks) if tasks else None,
         "decode_bytes": cost.to_json(),
@@ -238,19 +248,25 @@ def run_sweep(
     plot_dir: str | Path | None = None,
     link_base: str | Path | None = None,
     command: str = "",
+    cross_text: str | None = corpus.CROSS_SOURCE,
 ) -> tuple[list[dict], str]:
     """Run (or resume) ``preset`` into ``out``; returns the records and the Markdown summary.
 
+    Every cell is also scored on ``cross_text`` (a text of another domain; None: not).
     A second sweep into the same ``out`` refuses to start while this one runs.
     """
     with run_lock(out, "sweep"):
-        return _run_sweep(preset, out, opts, calib, eval_text, progress, plot_dir, link_base, command)
+        texts = (calib, eval_text, cross_text)
+        return _run_sweep(preset, out, opts, texts, progress, plot_dir, link_base, command)
 
 
-def _run_sweep(preset, out, opts, calib, eval_text, progress, plot_dir, link_base, command):
+def _run_sweep(preset, out, opts, texts, progress, plot_dir, link_base, command):
     start = time.perf_counter()
+    calib, eval_text, cross_text = texts
     lm, tokenizer = load_model(opts.model)
-    grid = prepare(tokenizer, calib, preset.nsamples, preset.seqlen, opts.seed, eval_text, "eval", preset.eval_windows)
+    grid = prepare(
+        tokenizer, calib, preset.nsamples, preset.seqlen, opts.seed, eval_text, "eval", preset.eval_windows, cross_text
+    )
     if opts.task_items:  # fail before the first cell if the text cannot give the task items
         last_word_items(grid.task_text, tokenizer, opts.task_items, opts.seed, opts.task_context)
         cloze_items(grid.task_text, opts.task_items, opts.seed)
