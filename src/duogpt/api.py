@@ -84,8 +84,9 @@ def _choose_offload(model, cfg: PruneConfig, run: _Run) -> tuple[bool, preflight
 
     def need(offload: bool) -> preflight.Estimate:
         return preflight.estimate(
-            skeleton, cfg.nsamples, cfg.seqlen, streams, run.out is not None, offload, cfg.batch_size
-        )
+            skeleton, cfg.nsamples, cfg.seqlen, streams, run.out is not None, offload, cfg.batch_size,
+            held_out=cfg.alpha == "auto",
+        )  # fmt: skip
 
     in_memory = need(False)
     offload = run.offload

@@ -33,9 +33,10 @@ def inspect_model(model: str | None, cfg: PruneConfig | None = None) -> dict:
     }
     bos = corpus.bos_token(tokenizer, cfg.bos)
     streams = len(stream_names(cfg))
-    need = preflight.estimate(skeleton, cfg.nsamples, cfg.seqlen, streams, with_work_dir=True)
+    held = cfg.alpha == "auto"
+    need = preflight.estimate(skeleton, cfg.nsamples, cfg.seqlen, streams, with_work_dir=True, held_out=held)
     out_of_core = preflight.estimate(
-        skeleton, cfg.nsamples, cfg.seqlen, streams, with_work_dir=True, offload=True, batch_size=cfg.batch_size
+        skeleton, cfg.nsamples, cfg.seqlen, streams, True, offload=True, batch_size=cfg.batch_size, held_out=held
     )
     free = preflight.available_memory()
     plan = {

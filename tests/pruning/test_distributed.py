@@ -31,17 +31,19 @@ def _weights(path) -> dict[str, torch.Tensor]:
     return checkpoint.read_weights(path)
 
 
-@pytest.mark.parametrize("method", ["duogpt", "wanda"])
+@pytest.mark.parametrize("method", ["duogpt", "wanda", "duogpt --alpha auto"])
 def test_two_processes_equal_one(method, tmp_path, text_file):
     src = tmp_path / "src"
     tiny_model(tiny_llama_config(num_hidden_layers=3)).save_pretrained(src)
     byte_tokenizer().save_pretrained(src)
-    one = _prune(1, src, text_file, tmp_path / "one", "--method", method)
-    two = _prune(2, src, text_file, tmp_path / "two", "--method", method)
+    one = _prune(1, src, text_file, tmp_path / "one", "--method", *method.split())
+    two = _prune(2, src, text_file, tmp_path / "two", "--method", *method.split())
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
     assert two.stdout.count("pruned with") == 1  # only rank 0 reports
     meta1, meta2 = (json.loads((tmp_path / d / "duogpt.json").read_text()) for d in ("one", "two"))
     assert meta1["thresholds"] == meta2["thresholds"]
+    chosen = [(r["alpha"], r["ridge"]) for r in meta1["linears"]]  # --alpha auto: the same per-linear choice
+    assert chosen == [(r["alpha"], r["ridge"]) for r in meta2["linears"]]
     assert meta2["resources"]["world_size"] == 2 and meta1["resources"]["world_size"] == 1
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     for name in a:

@@ -34,7 +34,7 @@ def test_a_new_method_is_one_table_entry(monkeypatch, samples):
     def solve(W, stats, cfg, pattern):
         seen.append(stats.H.shape)
         scores = W.abs().float() * stats.H.diagonal().float()[None, :]
-        return W.masked_fill(solvers.mask_from_scores(scores, cfg.weight_sparsity, pattern), 0)
+        return W.masked_fill(solvers.mask_from_scores(scores, cfg.weight_sparsity, pattern), 0), {}
 
     entry = methods.Method("diag", "comp", False, frozenset({"H"}), solve)
     monkeypatch.setitem(methods.METHODS, "diag", entry)

@@ -33,15 +33,15 @@ def same_checkpoint(a, b) -> None:
             assert (a / name).read_bytes() == (b / name).read_bytes(), name
     ma, mb = (json.loads((d / "duogpt.json").read_text()) for d in (a, b))
     assert ma["thresholds"] == mb["thresholds"] and ma["config"] == mb["config"]
-    assert [(r["name"], r["weight_sparsity"], r["rel_error"]) for r in ma["linears"]] == [
-        (r["name"], r["weight_sparsity"], r["rel_error"]) for r in mb["linears"]
-    ]
+    keys = ("name", "weight_sparsity", "rel_error", "alpha", "ridge")
+    assert [[r[k] for k in keys] for r in ma["linears"]] == [[r[k] for k in keys] for r in mb["linears"]]
 
 
-@pytest.mark.parametrize("method", ["duogpt", "sparsegpt", "wanda"])
+@pytest.mark.parametrize("method", ["duogpt", "sparsegpt", "wanda", "duogpt-auto"])
 def test_offload_writes_the_in_memory_checkpoint_bit_for_bit(method, tmp_path, text_file):
     src = sharded_checkpoint(tmp_path / "src")
-    common = dict(method=method, calib=str(text_file), **SETTINGS)
+    extra = dict(alpha="auto") if method.endswith("-auto") else {}
+    common = dict(method=method.removesuffix("-auto"), calib=str(text_file), **SETTINGS, **extra)
     duogpt.prune(str(src), out=tmp_path / "mem", offload=False, **common)
     model = duogpt.prune(str(src), out=tmp_path / "ooc", offload=True, **common)
     same_checkpoint(tmp_path / "mem", tmp_path / "ooc")

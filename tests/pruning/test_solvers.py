@@ -166,3 +166,40 @@ def test_bad_sparsity_is_refused(p):
     W = torch.randn(4, 8)
     with pytest.raises(UsageError, match=r"outside \[0, 1\)"):
         solvers.magnitude(W, p)
+
+
+def _fit_and_held(k, m_fit, m_held, seed):
+    W, Xd, Xs = heavy_tailed_problem(k=k, m=m_fit + m_held, n=16, seed=seed)
+    return W, (Xs[:, :m_fit], Xd[:, :m_fit]), (Xs[:, m_fit:], Xd[:, m_fit:])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_choose_alpha_is_the_minimum_of_the_held_out_error(seed):
+    """Against a grid search on the held-out tokens themselves (explicit inverse, no statistics)."""
+    W, (xs, xd), (hs, hd) = _fit_and_held(32, 96, 256, seed)
+    H, G = stats(xd, xs)
+    Hh, Gh = stats(hd, hs)
+    alpha, ridge = solvers.choose_alpha(W, H, G, Hh, Gh)
+    grid = [(a / 200, r) for a in range(201) for r in solvers.AUTO_RIDGES]
+    errors = {(a, r): solvers.heldout_error_reference(W, a, r, xs, xd, hs, hd) for a, r in grid}
+    best = min(errors, key=errors.get)
+    assert ridge == best[1] and alpha == pytest.approx(best[0], abs=0.005)
+    assert solvers.heldout_error_reference(W, alpha, ridge, xs, xd, hs, hd) <= errors[best] + 1e-9 * errors[best]
+
+
+def test_choose_alpha_follows_the_tokens_per_input():
+    """Few fit tokens per input: a damped correction; many: close to the least-squares target."""
+    few = []
+    many = []
+    for seed in range(3):
+        W, (xs, xd), (hs, hd) = _fit_and_held(64, 96, 2048, seed)
+        few.append(solvers.choose_alpha(W, *stats(xd, xs), *stats(hd, hs))[0])
+        W, (xs, xd), (hs, hd) = _fit_and_held(64, 8192, 2048, seed)
+        many.append(solvers.choose_alpha(W, *stats(xd, xs), *stats(hd, hs))[0])
+    assert max(few) < min(many) and min(many) > 0.8
+
+
+def test_choose_alpha_is_zero_without_activation_sparsity():
+    W, Xd, _ = heavy_tailed_problem(k=16, m=64, n=4)
+    H, G = stats(Xd, Xd)  # Xs = Xd: G = 0
+    assert solvers.choose_alpha(W, H, G, H, G) == (0.0, solvers.AUTO_RIDGES[0])

@@ -32,7 +32,7 @@ class Method:
     fit_stream: str | None  # 'comp', 'calib' or None: whose group inputs the statistics come from
     dense_target: bool  # carry the dense model's stream (cross terms with Xd, ||W Xd||)
     statistics: frozenset[str]  # of Statistics' fields: H, G, dense_H, norms2
-    solve: Callable  # (W, Statistics, cfg, Pattern) -> pruned W
+    solve: Callable  # (W, Statistics, cfg, Pattern) -> (pruned W, {setting: value chosen for this linear})
     error: Callable | None = None  # (W, What, Statistics, linear name) -> relative output error
 
     def streams(self, act_sparsity: float) -> list[str]:
@@ -46,31 +46,35 @@ class Method:
 
 
 def _magnitude(W, stats, cfg, pattern):
-    return solvers.magnitude(W.float(), cfg.weight_sparsity, pattern)
+    return solvers.magnitude(W.float(), cfg.weight_sparsity, pattern), {}
 
 
 def _wanda(W, stats, cfg, pattern):
     if not solvers.all_finite(stats.norms2):
         raise solvers.IllConditioned("the input norms have NaN/Inf entries (the inputs overflowed)")
-    return solvers.wanda(W.float(), stats.norms2, cfg.weight_sparsity, pattern)
+    return solvers.wanda(W.float(), stats.norms2, cfg.weight_sparsity, pattern), {}
 
 
 def _sparsegpt(W, stats, cfg, pattern):
-    return solvers.sparsegpt(W, stats.H, cfg.weight_sparsity, pattern, cfg.blocksize, cfg.percdamp)
+    return solvers.sparsegpt(W, stats.H, cfg.weight_sparsity, pattern, cfg.blocksize, cfg.percdamp), {}
 
 
 def _duogpt(W, stats, cfg, pattern):
     if not solvers.all_finite(stats.G):
         raise solvers.IllConditioned("the correction statistics G have NaN/Inf entries (the inputs overflowed)")
-    return solvers.duogpt(
-        W, stats.H, stats.G, cfg.weight_sparsity, pattern, cfg.alpha, cfg.ridge, cfg.correction, cfg.blocksize,
-        cfg.percdamp,
-    )  # fmt: skip
+    alpha, ridge = cfg.alpha, cfg.ridge
+    if alpha == "auto":  # chosen on the held-out sequences, fit on the others; then solved on all
+        held = (stats.H_held, stats.G_held)
+        alpha, ridge = solvers.choose_alpha(W, stats.H - held[0], stats.G - held[1], *held)
+    new = solvers.duogpt(
+        W, stats.H, stats.G, cfg.weight_sparsity, pattern, alpha, ridge, cfg.correction, cfg.blocksize, cfg.percdamp
+    )
+    return new, {"alpha": alpha, "ridge": ridge}
 
 
 def _duogpt_dense_hessian(W, stats, cfg, pattern):
     """Ablation: min ||(W - What) Xd||, blind to the sparsified inputs (no correction)."""
-    return solvers.sparsegpt(W, stats.dense_H, cfg.weight_sparsity, pattern, cfg.blocksize, cfg.percdamp)
+    return solvers.sparsegpt(W, stats.dense_H, cfg.weight_sparsity, pattern, cfg.blocksize, cfg.percdamp), {}
 
 
 def _one_stream_error(W, What, stats, _name):

@@ -42,9 +42,18 @@ def _bytes(params) -> int:
 
 
 def estimate(
-    model, nsamples: int, seqlen: int, n_streams: int, with_work_dir: bool, offload: bool = False, batch_size: int = 8
+    model,
+    nsamples: int,
+    seqlen: int,
+    n_streams: int,
+    with_work_dir: bool,
+    offload: bool = False,
+    batch_size: int = 8,
+    held_out: bool = False,
 ) -> Estimate:
-    """Works on a model whose weights are not loaded (meta tensors): only shapes and dtypes are used."""
+    """Works on a model whose weights are not loaded (meta tensors): only shapes and dtypes are used.
+
+    ``held_out``: ``--alpha auto``'s held-out H and G and the fit parts made from them."""
     _, blocks = find_blocks(model)
     value_bytes = next(model.parameters()).element_size()
     model_bytes = _bytes(model.parameters())
@@ -66,7 +75,7 @@ def estimate(
         chunk = min(nsamples, batch_size) * seqlen
         widest_out = max(lin.out_features for lin in blocks[0].linears().values())
         group_inputs = chunk * 4 * 4 * max(widths) + 2 * chunk * 8 * widest_out + 2 * 4 * 2**22
-    stats = 6 * 8 * max(widths) ** 2  # float64 H, G and the solver's k x k factors
+    stats = (10 if held_out else 6) * 8 * max(widths) ** 2  # float64 H, G and the solver's k x k factors
     solver = 4 * 8 * biggest
     memory = resident + 2 * stream_bytes + group_inputs + stats + solver + RUNTIME_ALLOWANCE  # old and new streams
     linear_bytes = sum(lin.weight.numel() for b in blocks for lin in b.linears().values()) * value_bytes
