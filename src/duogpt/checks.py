@@ -62,6 +62,15 @@ def probability_mass(name: str, value) -> float:
     return float(value)
 
 
+def speedup(name: str, value) -> float | None:
+    """None (not set), or a number above 1: an estimated decode speedup."""
+    if value is None:
+        return None
+    if not (_is_number(value) and math.isfinite(value) and value > 1):
+        raise _must(name, value, "a number above 1 (an estimated decode speedup)")
+    return float(value)
+
+
 def integer(name: str, value) -> int:
     """Any integer: seeds."""
     if not (isinstance(value, int) and not isinstance(value, bool)):
@@ -96,6 +105,7 @@ _CONVERT: dict[Callable, Callable[[str], object]] = {
     probability_mass: float,
     positive_int: int,
     integer: int,
+    speedup: float,
 }
 
 

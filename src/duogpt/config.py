@@ -16,6 +16,7 @@ from duogpt import checks
 from duogpt.corpus import BOS_MODES, DEFAULT_SOURCE, SOURCES
 from duogpt.errors import UsageError
 from duogpt.models import DTYPE_CHOICES
+from duogpt.pruning.allocation import ALLOCATIONS
 from duogpt.pruning.methods import HESSIANS, METHODS, method_for
 from duogpt.pruning.solvers import CORRECTIONS, parse_pattern
 
@@ -31,6 +32,21 @@ def setting(default, help: str, check, *, choices=(), metavar=None, negation_ali
     return field(default=default, metadata=meta)
 
 
+AUTO_ALPHA_MIN_SAMPLES = 4  # one calibration sequence in four is held out (pruning/groups.py)
+
+
+def _alpha(name: str, value):
+    """A non-negative number, or 'auto' (chosen per linear on held-out calibration sequences)."""
+    if value == "auto":
+        return value
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise UsageError(f"alpha {value!r} is neither a number nor 'auto': pass e.g. 0.25, or auto") from None
+    return checks.nonnegative(name, value)
+
+
 def _pattern(name: str, value) -> str:
     parse_pattern(checks.text(name, value))
     return value
@@ -43,12 +59,36 @@ class PruneConfig:
     method: str = setting("duogpt", "pruning method", checks.one_of, choices=METHODS)
     weight_sparsity: float = setting(0.5, "fraction of weights to prune", checks.fraction, metavar="P")
     act_sparsity: float = setting(0.5, "fraction of activations zeroed at run time", checks.fraction, metavar="P")
+    target_speedup: float | None = setting(
+        None,
+        "estimated decode speedup to reach (the cost model's bytes per token, dense over pruned); sets the "
+        "sparsities: equal weight and activation sparsity everywhere, or per layer with --allocation greedy",
+        checks.speedup,
+        metavar="S",
+    )
+    allocation: str = setting(
+        "uniform",
+        "uniform: the same sparsities in every layer; greedy (experimental: on the default model worse than "
+        "uniform, see docs/method.md): per block and group, chosen on a few calibration sequences for the "
+        "least block error at the cost of --target-speedup (default: of the uniform --weight-sparsity/--act-sparsity)",
+        checks.one_of,
+        choices=ALLOCATIONS,
+    )
     pattern: str = setting(
         "unstructured", "'unstructured' or N:M such as 2:4, 4:8 (N pruned of every M)", _pattern, metavar="N:M"
     )
     # alpha 0.25 / ridge 0.1: best of the ablation in docs/ablation-alpha.md at 30/30 and 50/50
-    alpha: float = setting(0.25, "DuoGPT residual-correction scale", checks.nonnegative)
-    ridge: float = setting(0.1, "DuoGPT target ridge, fraction of mean diag(H)", checks.nonnegative)
+    alpha: float | str = setting(
+        0.25,
+        "DuoGPT residual-correction scale, or auto: per linear, the alpha and ridge whose correction best "
+        "predicts held-out calibration sequences (one in four; recorded in duogpt.json; on the default model "
+        "worse than 0.25, see docs/method.md)",
+        _alpha,
+        metavar="A|auto",
+    )
+    ridge: float = setting(
+        0.1, "DuoGPT target ridge, fraction of mean diag(H) (--alpha auto chooses its own)", checks.nonnegative
+    )
     correction: str = setting("target", "DuoGPT residual correction", checks.one_of, choices=CORRECTIONS)
     hessian: str = setting(
         "sparse",
@@ -92,6 +132,19 @@ class PruneConfig:
             else:
                 f.metadata["check"](f.name, value)
         method_for(self.method, self.hessian)  # refuses an ablation the method does not have
+        if (self.allocation != "uniform" or self.target_speedup is not None) and self.pattern != "unstructured":
+            raise UsageError(
+                f"--target-speedup and --allocation {self.allocation} set unstructured sparsities: "
+                f"drop --pattern {self.pattern}"
+            )
+        if self.alpha == "auto" and self.method == "duogpt":
+            if self.correction != "target" or self.hessian != "sparse":
+                raise UsageError("--alpha auto chooses the corrected target's scale: use it with --correction target")
+            if self.nsamples < AUTO_ALPHA_MIN_SAMPLES:
+                raise UsageError(
+                    f"--alpha auto holds out one calibration sequence in four: give --nsamples "
+                    f"{AUTO_ALPHA_MIN_SAMPLES} or more (got {self.nsamples})"
+                )
         return self
 
     def replace(self, **overrides) -> PruneConfig:

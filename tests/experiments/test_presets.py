@@ -52,3 +52,25 @@ def test_pareto_front():
     pts = [(1.0, 10.0), (2.0, 12.0), (2.0, 20.0), (3.0, 11.0), (1.5, 9.0)]
     assert pareto_front(pts, higher_is_better=False) == [(1.5, 9.0), (3.0, 11.0)]
     assert pareto_front(pts, higher_is_better=True) == [(2.0, 20.0), (3.0, 11.0)]
+
+
+def test_allocation_preset_crosses_settings_with_variants_and_alpha_auto_only_for_duogpt():
+    from duogpt.config import PruneConfig, fields
+
+    preset = get_preset("allocation")
+    cells = plan_cells(preset, tiny_llama_config(), 4)
+    dual = [c for c in cells if c.kind == "dual"]
+    assert len(dual) == 3 * (2 + 3) and len({c.label for c in cells}) == len(cells)
+    assert {c.settings["variant"] for c in dual if c.method == "sparsegpt"} == {
+        "allocation=uniform",
+        "allocation=greedy",
+    }
+    assert "duogpt-50-50-alpha=auto" not in {c.label for c in dual} and "duogpt-55-55-alpha=auto" in {
+        c.label for c in dual
+    }
+    names = {f.name for f in fields()}
+    for c in dual:
+        settings = {k: v for k, v in c.settings.items() if k in names}
+        PruneConfig(
+            method=c.method, weight_sparsity=c.weight_sparsity, act_sparsity=c.act_sparsity, **settings
+        ).validate()

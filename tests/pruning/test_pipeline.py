@@ -10,7 +10,7 @@ from conftest import tiny_llama_config, tiny_model
 from duogpt.config import PruneConfig
 from duogpt.errors import UsageError
 from duogpt.models import GROUPS, find_blocks
-from duogpt.pruning import sparsify
+from duogpt.pruning import groups, pipeline, solvers, sparsify
 from duogpt.pruning.pipeline import prune_model
 
 
@@ -61,6 +61,35 @@ def test_duogpt_reconstructs_dense_output_better_than_sparsegpt(samples):
         with torch.no_grad():
             errors[method] = float(((model(input_ids=samples).logits - target) ** 2).mean())
     assert errors["duogpt"] < errors["sparsegpt"]
+
+
+def test_alpha_auto_chooses_and_records_alpha_and_ridge_per_linear(samples):
+    model = tiny_model()
+    result = run(model, samples, method="duogpt", weight_sparsity=0.5, act_sparsity=0.5, alpha="auto")
+    chosen = [(r.alpha, r.ridge) for r in result.linears]
+    assert len(chosen) == 14 and all(0 <= a <= solvers.MAX_ALPHA and r in solvers.AUTO_RIDGES for a, r in chosen)
+    assert len(set(chosen)) > 1  # per linear, not one global choice
+    # a fixed alpha is recorded as given
+    fixed = run(tiny_model(), samples, method="duogpt", alpha=0.5, ridge=0.2)
+    assert {(r.alpha, r.ridge) for r in fixed.linears} == {(0.5, 0.2)}
+
+
+def test_alpha_auto_holds_out_every_fourth_sequence_of_the_whole_set():
+    split = pipeline._Split((64, 64, 32), (1, 2), seqlen=16, batch_size=4)  # this rank: chunks 1 and 2
+    rows = groups.held_rows(split, 0, 64)  # sequences 4..7, the first token of each left in the fit part
+    assert rows.tolist() == [False] * 48 + [False] + [True] * 15
+    assert groups.held_rows(split, 1, 32).tolist() == [False] * 16 + [False] * 16  # sequences 8, 9
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [(dict(nsamples=3, batch_size=1), "--nsamples 4 or more"), (dict(correction="sequential"), "--correction target")],
+)
+def test_alpha_auto_refuses_what_it_cannot_do(settings, message):
+    with pytest.raises(UsageError, match=message):
+        PruneConfig(alpha="auto", **settings).validate()
+    with pytest.raises(UsageError, match="neither a number nor 'auto'"):
+        PruneConfig(alpha="fast").validate()
 
 
 def test_pruning_is_deterministic(samples):

@@ -76,7 +76,12 @@ def run(args) -> int:
     report.update(result.to_json())
     if len(results) > 1:
         report["cross_domain"] = dict(results[cross].to_json(), text=cross)
+    if meta and meta.get("targets"):  # what each group was pruned to, beside what was measured above
+        report["targets"] = meta["targets"]
+        report["estimated_decode_speedup"] = meta.get("estimated_decode_speedup")
     rows = _rows(args, report["model"], results, bos)
+    if report.get("estimated_decode_speedup"):
+        rows.append(("est. decode speedup", f"{report['estimated_decode_speedup']:.2f}x (cost model, at the targets)"))
     report["tasks"] = _zero_shot(args, model, tokenizer, texts[args.text], rows)
     width = max(len(k) for k, _ in rows)
     for key, value in rows:

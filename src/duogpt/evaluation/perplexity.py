@@ -26,6 +26,7 @@ class EvalResult:
     peak_rss_mb: float
     per_layer_activation_sparsity: dict[str, float | None]
     half_perplexities: tuple[float, float]
+    per_layer_weight_sparsity: dict[str, float] | None = None  # 'layers.{i}.{group}' -> measured zeros
 
     def to_json(self) -> dict:
         return dict(self.__dict__, half_perplexities=list(self.half_perplexities))
@@ -33,14 +34,19 @@ class EvalResult:
 
 def weight_sparsity(model: torch.nn.Module) -> float:
     """Fraction of zeros over the prunable linears of the decoder blocks."""
+    per_group = group_weight_zeros(model)
+    return sum(z for z, _ in per_group.values()) / sum(t for _, t in per_group.values())
+
+
+def group_weight_zeros(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
+    """(zeros, weights) of every linear group 'layers.{i}.{group}'."""
     _, blocks = find_blocks(model)
-    zeros = total = 0
+    out = {}
     for block in blocks:
-        for linear in block.linears().values():
-            n, k, _, z = weight_facts(linear)
-            zeros += z
-            total += n * k
-    return zeros / total
+        for group, linears in block.groups.items():
+            facts = [weight_facts(linear) for linear in linears.values()]
+            out[f"layers.{block.index}.{group}"] = (sum(f[3] for f in facts), sum(f[0] * f[1] for f in facts))
+    return out
 
 
 LOSS_CHUNK = 128  # positions whose logits exist at once: the peak no longer grows with seqlen x vocabulary
@@ -118,14 +124,16 @@ def perplexity(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 
     half = max(1, windows.shape[0] // 2)
     halves = (nll[:half], nll[half:]) if windows.shape[0] > 1 else (nll, nll)
     overall, per_layer = sparsify.measured_sparsity(model)
+    zeros = group_weight_zeros(model)
     sparsify.reset_counters(model, counting=False)
     return EvalResult(
         perplexity=math.exp(float(nll.sum()) / tokens),
         tokens=tokens,
-        weight_sparsity=weight_sparsity(model),
+        weight_sparsity=sum(z for z, _ in zeros.values()) / sum(t for _, t in zeros.values()),
         activation_sparsity=overall,
         wall_seconds=time.perf_counter() - start,
         peak_rss_mb=peak_rss_mb(),
         per_layer_activation_sparsity=per_layer,
+        per_layer_weight_sparsity={k: z / t for k, (z, t) in zeros.items()},
         half_perplexities=tuple(math.exp(float(h.sum()) / (per_window * len(h))) for h in halves),
     )

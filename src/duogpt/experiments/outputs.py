@@ -171,9 +171,19 @@ def write_outputs(
 
 def _plots(results: list[dict], plot_dir: Path, title: str, preset: Preset) -> list[tuple[str, Path]]:
     """Draw the sweep's plots; returns (name, path) of each."""
+    made = []
+    if preset.variant_field == "variant":  # settings compared at equal estimated speedups
+
+        def series(r):
+            return f"{r['method']} {r['settings'].get('variant', '')}".strip()
+
+        for metric, name in (("perplexity", "perplexity"), ("cross_perplexity", "cross-domain perplexity")):
+            path = plot_dir / f"{preset.name}-{metric.replace('_', '-')}-vs-speedup.png"
+            plots.quality_vs_speedup(results, path, metric, name, False, title, series)
+            made.append((f"{name} vs estimated speedup", path))
+        return made
     if preset.variant_field is not None:
         return []  # an ablation's table is its result
-    made = []
     path = plot_dir / f"{preset.name}-ppl-vs-sparsity.png"
     plots.perplexity_vs_sparsity(results, path, title)
     made.append(("perplexity vs sparsity", path))

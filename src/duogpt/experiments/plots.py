@@ -62,13 +62,15 @@ def perplexity_vs_sparsity(results: list[dict], path: str | Path, title: str) ->
 
 
 def quality_vs_speedup(
-    results: list[dict], path: str | Path, metric: str, label: str, higher_is_better: bool, title: str
+    results: list[dict], path: str | Path, metric: str, label: str, higher_is_better: bool, title: str, series=None
 ) -> None:
-    """Each cell at its estimated decode speedup; the Pareto front over all cells is drawn."""
+    """Each cell at its estimated decode speedup, one colour per ``series(record)`` (default: the
+    method); the Pareto front over all cells is drawn."""
+    series = series or (lambda r: r["method"])
     fig, ax = _pyplot().subplots(figsize=(6, 4))
     points = []
-    for method in sorted({r["method"] for r in results}):
-        rows = [r for r in results if r["method"] == method and r.get(metric) is not None]
+    for method in sorted({series(r) for r in results}):
+        rows = [r for r in results if series(r) == method and r.get(metric) is not None]
         xs = [r["estimated_speedup"] for r in rows]
         ys = [r[metric] for r in rows]
         points += list(zip(xs, ys, strict=True))

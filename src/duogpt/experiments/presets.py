@@ -41,8 +41,8 @@ class Preset:
     methods: tuple[str, ...]
     activation_only: bool = True
     structured: tuple[str, ...] = ()
-    variant_field: str | None = None  # a PruneConfig field the ablation varies
-    variants: tuple = ()
+    variant_field: str | None = None  # a PruneConfig field the ablation varies, or "variant" (see below)
+    variants: tuple = ()  # values of the field; with "variant", dicts of settings ("only": one method's)
     nsamples: int = 32
     seqlen: int = 512
     eval_windows: int = 32
@@ -71,6 +71,17 @@ PRESETS = {
             seqlen=64,
             eval_windows=4,
             task_items=16,
+        ),
+        Preset(
+            "allocation",
+            "uniform vs greedy per-layer sparsities at equal estimated decode speedups (about 1.6x, 2.0x, "
+            "2.4x), and DuoGPT's --alpha auto",
+            ((0.3, 0.3), (0.45, 0.45), (0.55, 0.55)),
+            ("sparsegpt", "duogpt"),
+            activation_only=False,
+            variant_field="variant",
+            variants=({"allocation": "uniform"}, {"allocation": "greedy"}, {"alpha": "auto", "only": "duogpt"}),
+            task_items=0,
         ),
         Preset(
             "ablate-alpha",
@@ -144,6 +155,13 @@ def plan_cells(preset: Preset, config, value_bytes: int) -> list[Cell]:
                 cells.append(Cell(f"{method}-{t}", method, pw, px))
                 continue
             for value in preset.variants:
+                if isinstance(value, dict):
+                    if value.get("only", method) != method:
+                        continue
+                    settings = {k: v for k, v in value.items() if k != "only"}
+                    name = ",".join(f"{k}={v}" for k, v in settings.items())
+                    cells.append(Cell(f"{method}-{t}-{name}", method, pw, px, {**settings, "variant": name}))
+                    continue
                 label = f"{method}-{t}-{preset.variant_field}={value}".replace(":", "of")
                 cells.append(Cell(label, method, pw, px, {preset.variant_field: value}))
         target = speedup(config, value_bytes, preset.seqlen, p_w=pw, p_x=px)

@@ -10,6 +10,7 @@ block's activations are held at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -24,7 +25,7 @@ from duogpt.config import PruneConfig
 from duogpt.errors import UsageError
 from duogpt.logs import log
 from duogpt.models import GROUPS, Block, find_blocks
-from duogpt.pruning import solvers, sparsify
+from duogpt.pruning import allocation, solvers, sparsify
 from duogpt.pruning.distributed import my_chunks, share, share_object, world
 from duogpt.pruning.groups import group_statistics
 from duogpt.pruning.methods import Method, method_for
@@ -37,7 +38,33 @@ from duogpt.pruning.statistics import capture_inputs, dense_run, run_block
 
 def stream_names(cfg: PruneConfig) -> list[str]:
     """The calibration streams a prune with ``cfg`` carries between blocks."""
-    return method_for(cfg.method, cfg.hessian).streams(cfg.act_sparsity)
+    fixed = cfg.allocation == "uniform" and cfg.target_speedup is None
+    return method_for(cfg.method, cfg.hessian).streams(cfg.act_sparsity if fixed else 1.0)
+
+
+def plan_targets(model, samples: torch.Tensor, cfg: PruneConfig, out_of_core: bool) -> allocation.Targets:
+    """Per group (p_w, p_x) from the settings (see ``pruning/allocation.py``); with several processes
+    the greedy allocation runs on rank 0 and is shared."""
+    budget = allocation.Budget.of(model, cfg.seqlen)
+    if cfg.allocation == "uniform":
+        if cfg.target_speedup is None:
+            return allocation.uniform(model, cfg.weight_sparsity, cfg.act_sparsity)
+        return allocation.uniform_for_speedup(model, cfg.target_speedup, budget)
+    if out_of_core:
+        raise UsageError(f"--allocation {cfg.allocation} needs every block in memory: drop --offload")
+    speedup = cfg.target_speedup or budget.speedup(
+        model, allocation.uniform(model, cfg.weight_sparsity, cfg.act_sparsity)
+    )
+    targets = None
+    if world()[0] == 0:
+        targets = allocation.greedy(model, samples, speedup, budget)
+    return share_object(targets, 0)
+
+
+def at_targets(cfg: PruneConfig, targets: allocation.Targets, name: str) -> PruneConfig:
+    """The settings one group is pruned with: its own weight and activation sparsity."""
+    p_w, p_x = targets[name]
+    return dataclasses.replace(cfg, weight_sparsity=p_w, act_sparsity=p_x)
 
 
 @torch.no_grad()
@@ -63,11 +90,15 @@ def prune_model(
     work = None if work_dir is None else WorkDir(work_dir, fingerprint(model, samples, asdict(cfg)))
     split = _Split.of(samples, cfg.batch_size)
     chunks = samples.to(device).split(cfg.batch_size)
+    result = PruneResult(cfg, thresholds={})
+    t_plan = time.perf_counter()
+    result.targets = plan_targets(model, samples, cfg, blocks_io is not None)
+    result.estimated_decode_speedup = allocation.Budget.of(model, cfg.seqlen).speedup(model, result.targets)
+    result.resources["allocation_seconds"] = time.perf_counter() - t_plan
     hidden, kwargs = capture_inputs(model, [chunks[c] for c in split.mine])
     if blocks_io is not None:
         blocks_io.release_rest(model)
     streams = {name: list(hidden) for name in stream_names(cfg)}
-    result = PruneResult(cfg, thresholds={})
     sparsifiers = sparsify.install(model, {}, cfg.sparsify_prefill)
     first = 0
     saved = work.load() if work is not None else None
@@ -83,6 +114,8 @@ def prune_model(
         start -= saved["seconds"]
         log.info("resuming from block %d of %d (state in %s)", first, len(blocks), work.path)
     desc = f"{cfg.method} {cfg.weight_sparsity:.0%}/{cfg.act_sparsity:.0%}"
+    if cfg.allocation != "uniform" or cfg.target_speedup is not None:
+        desc = f"{cfg.method} {cfg.allocation}, est. {result.estimated_decode_speedup:.2f}x"
     bar = tqdm(blocks, desc=desc, disable=not progress or world()[0] != 0)
     # out of core, a group's inputs wait in files of the work directory (one chunk resident at a time)
     spill = blocks_io is not None and work is not None
@@ -116,6 +149,8 @@ class _Split:
 
     chunk_tokens: tuple[int, ...]
     mine: tuple[int, ...]
+    seqlen: int = 0  # tokens per calibration sequence
+    batch_size: int = 0  # sequences per chunk (the last may have fewer)
 
     @staticmethod
     def of(samples: torch.Tensor, batch_size: int) -> _Split:
@@ -126,7 +161,7 @@ class _Split:
                 f"{len(chunks)} calibration batch(es) for {size} processes: give more --nsamples or a smaller "
                 "--batch-size (each process needs a batch), or run fewer processes"
             )
-        return _Split(tuple(c.numel() for c in chunks), tuple(my_chunks(len(chunks))))
+        return _Split(tuple(c.numel() for c in chunks), tuple(my_chunks(len(chunks))), samples.shape[1], batch_size)
 
 
 def _with_block(blocks_io: OffloadedBlocks | None, block: Block, work, result: PruneResult) -> None:
@@ -157,8 +192,9 @@ def _prune_block(model, block: Block, streams: dict, kw: list[dict], cfg: PruneC
             dense = dense_run(block, streams["dense"], kw, store)
         streams["dense"] = dense.outputs
     for group in GROUPS:
-        stats = group_statistics(model, block, group, streams, kw, cfg, result, split, method, dense, store)
-        _solve_group(block, group, method, cfg, stats, result)
+        gcfg = at_targets(cfg, result.targets, f"layers.{block.index}.{group}")
+        stats = group_statistics(model, block, group, streams, kw, gcfg, result, split, method, dense, store)
+        _solve_group(block, group, method, gcfg, stats, result)
         del stats
     del dense
     with result.timed("forward"):
@@ -181,25 +217,28 @@ def _solve_group(block, group, method: Method, cfg, stats, result: PruneResult) 
         full = f"layers.{block.index}.{parent}.{part.name}"
         with result.timed("solve"):
             if i % size == rank:
-                new, err = _solve_part(method, rows, stats, cfg, pattern, full, part.name)
+                new, err, chosen = _solve_part(method, rows, stats, cfg, pattern, full, part.name)
             else:
-                new, err = torch.empty_like(rows), None
+                new, err, chosen = torch.empty_like(rows), None, {}
             new = share(new.contiguous(), i % size)
-            err, seconds = share_object((err, time.perf_counter() - t0), i % size)
+            err, seconds, chosen = share_object((err, time.perf_counter() - t0, chosen), i % size)
         rows.copy_(new)
         sparsity = float((rows == 0).float().mean())
-        result.linears.append(LinearReport(full, sparsity, err, seconds))
+        result.linears.append(LinearReport(full, sparsity, err, seconds, **chosen))
         log.info("%-28s sparsity %.3f  rel. error %s", full, sparsity, "n/a" if err is None else f"{err:.4f}")
 
 
-def _solve_part(method: Method, W, stats, cfg, pattern, full: str, name: str) -> tuple[torch.Tensor, float | None]:
-    """Pruned weights (in W's dtype) and the relative output error; errors name the layer."""
+def _solve_part(
+    method: Method, W, stats, cfg, pattern, full: str, name: str
+) -> tuple[torch.Tensor, float | None, dict]:  # noqa: E501
+    """Pruned weights (in W's dtype), the relative output error and the settings the solver chose
+    for this linear; errors name the layer."""
     if not solvers.all_finite(W):
         raise UsageError(f"{full}: the weights contain NaN/Inf: the model file is damaged or overflowed")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", solvers.DampeningWarning)
         try:
-            new = method.solve(W, stats, cfg, pattern)
+            new, chosen = method.solve(W, stats, cfg, pattern)
         except solvers.IllConditioned as err:
             raise UsageError(
                 f"{full}: {err}: check the model's weights, or give more calibration tokens (--nsamples)"
@@ -209,4 +248,4 @@ def _solve_part(method: Method, W, stats, cfg, pattern, full: str, name: str) ->
     if not solvers.all_finite(new):
         raise UsageError(f"{full}: the solver produced NaN/Inf; raise --percdamp or check the model weights")
     err = method.error(W, new, stats, name) if method.error else None
-    return new.to(W.dtype), err
+    return new.to(W.dtype), err, chosen

@@ -16,6 +16,8 @@ class LinearReport:
     weight_sparsity: float
     rel_error: float | None
     seconds: float
+    alpha: float | None = None  # DuoGPT: the residual scale used (chosen per linear with --alpha auto)
+    ridge: float | None = None
 
 
 @dataclass
@@ -28,6 +30,8 @@ class PruneResult:
     resources: dict = field(default_factory=dict)
     bos_token_id: int | None = None  # the token every calibration sample started with
     block_seconds: list[dict[str, float]] = field(default_factory=list)  # per block: forward, statistics, solve, io
+    targets: dict[str, tuple[float, float]] = field(default_factory=dict)  # group -> (p_w, p_x) it was pruned to
+    estimated_decode_speedup: float | None = None  # the cost model's, at the targets
 
     @contextlib.contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -50,4 +54,6 @@ class PruneResult:
             "resources": self.resources,
             "calib_bos_token_id": self.bos_token_id,
             "block_seconds": self.block_seconds,
+            "estimated_decode_speedup": self.estimated_decode_speedup,
+            "targets": {k: {"weight_sparsity": w, "act_sparsity": x} for k, (w, x) in self.targets.items()},
         }

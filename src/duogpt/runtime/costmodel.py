@@ -89,11 +89,17 @@ def decode_cost(
                     linears += sparse_linear_bytes(n, k, b, p_w, p_x, tile_rows)
                 else:
                     linears += dense_linear_bytes(n, k, b)
+    attention, head = fixed_bytes(model, context)
+    return DecodeCost(linears, attention, head)
+
+
+def fixed_bytes(model: nn.Module, context: int = 512) -> tuple[float, float]:
+    """(attention, head) bytes per token: the parts no sparsity changes. Shapes only (meta tensors will do)."""
     layers, kv, head_dim = _config_dims(model.config)
     vb = next(model.parameters()).element_size()
     attention = 2.0 * layers * context * kv * head_dim * vb
     head = model.get_output_embeddings().weight.numel() * vb + model.config.hidden_size * vb
-    return DecodeCost(linears, attention, float(head))
+    return attention, float(head)
 
 
 def config_cost(
