@@ -50,10 +50,15 @@ def main(tarball: Path) -> None:
             number = int(DOC_NAME.match(name).group(2))
             text = document_text(tar.extractfile(name).read())
             (evaluation if number % 5 == 0 else calib).append(text)
+    write_parts("brown", calib, evaluation)
+
+
+def write_parts(source: str, calib: list[str], evaluation: list[str]) -> None:
+    """src/duogpt/data/{source}_{calib,eval}.txt.xz: documents separated by blank lines, xz."""
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     for part, docs in (("calib", calib), ("eval", evaluation)):
         data = "\n\n".join(docs).encode("utf-8")
-        out = OUT_DIR / f"brown_{part}.txt.xz"
+        out = OUT_DIR / f"{source}_{part}.txt.xz"
         out.write_bytes(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))
         print(f"{out.name}: {len(docs)} documents, {len(data):,} characters")
 

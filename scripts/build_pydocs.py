@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import ast
 import inspect
-import lzma
 import shutil
 import sys
 import sysconfig
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT_DIR = ROOT / "src" / "duogpt" / "data"
+from build_brown import OUT_DIR, write_parts  # the same file layout as the default text
+
 SKIP = ("test", "tests", "idlelib", "turtledemo", "site-packages", "pydoc_data", "encodings", "__phello__", "ensurepip")
 MIN_CHARS = 80  # shorter docstrings are mostly one-line signatures
 
@@ -82,12 +81,7 @@ def main() -> None:
     calib, evaluation = [], []
     for i, name in enumerate(sorted(documents)):
         (evaluation if i % 5 == 4 else calib).append(documents[name])
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    for part, docs in (("calib", calib), ("eval", evaluation)):
-        data = "\n\n".join(docs).encode("utf-8")
-        out = OUT_DIR / f"pydocs_{part}.txt.xz"
-        out.write_bytes(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))
-        print(f"{out.name}: {len(docs)} documents, {len(data):,} characters")
+    write_parts("pydocs", calib, evaluation)
     shutil.copyfile(stdlib / "LICENSE.txt", OUT_DIR / "pydocs_LICENSE.txt")
     print(f"built from Python {sys.version.split()[0]}")
 
