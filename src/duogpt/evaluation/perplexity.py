@@ -32,12 +32,6 @@ class EvalResult:
         return dict(self.__dict__, half_perplexities=list(self.half_perplexities))
 
 
-def weight_sparsity(model: torch.nn.Module) -> float:
-    """Fraction of zeros over the prunable linears of the decoder blocks."""
-    per_group = group_weight_zeros(model)
-    return sum(z for z, _ in per_group.values()) / sum(t for _, t in per_group.values())
-
-
 def group_weight_zeros(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
     """(zeros, weights) of every linear group 'layers.{i}.{group}'."""
     _, blocks = find_blocks(model)
@@ -129,7 +123,7 @@ def perplexity(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 
     return EvalResult(
         perplexity=math.exp(float(nll.sum()) / tokens),
         tokens=tokens,
-        weight_sparsity=sum(z for z, _ in zeros.values()) / sum(t for _, t in zeros.values()),
+        weight_sparsity=sum(z for z, _ in zeros.values()) / sum(t for _, t in zeros.values()),  # all blocks' linears
         activation_sparsity=overall,
         wall_seconds=time.perf_counter() - start,
         peak_rss_mb=peak_rss_mb(),

@@ -42,10 +42,11 @@ def stream_names(cfg: PruneConfig) -> list[str]:
     return method_for(cfg.method, cfg.hessian).streams(cfg.act_sparsity if fixed else 1.0)
 
 
-def plan_targets(model, samples: torch.Tensor, cfg: PruneConfig, out_of_core: bool) -> allocation.Targets:
+def plan_targets(
+    model, samples: torch.Tensor, cfg: PruneConfig, budget: allocation.Budget, out_of_core: bool
+) -> allocation.Targets:
     """Per group (p_w, p_x) from the settings (see ``pruning/allocation.py``); with several processes
     the greedy allocation runs on rank 0 and is shared."""
-    budget = allocation.Budget.of(model, cfg.seqlen)
     if cfg.allocation == "uniform":
         if cfg.target_speedup is None:
             return allocation.uniform(model, cfg.weight_sparsity, cfg.act_sparsity)
@@ -92,8 +93,9 @@ def prune_model(
     chunks = samples.to(device).split(cfg.batch_size)
     result = PruneResult(cfg, thresholds={})
     t_plan = time.perf_counter()
-    result.targets = plan_targets(model, samples, cfg, blocks_io is not None)
-    result.estimated_decode_speedup = allocation.Budget.of(model, cfg.seqlen).speedup(model, result.targets)
+    budget = allocation.Budget.of(model, cfg.seqlen)
+    result.targets = plan_targets(model, samples, cfg, budget, blocks_io is not None)
+    result.estimated_decode_speedup = budget.speedup(model, result.targets)
     result.resources["allocation_seconds"] = time.perf_counter() - t_plan
     hidden, kwargs = capture_inputs(model, [chunks[c] for c in split.mine])
     if blocks_io is not None:
