@@ -62,15 +62,15 @@ class PruneConfig:
     target_speedup: float | None = setting(
         None,
         "estimated decode speedup to reach (the cost model's bytes per token, dense over pruned); sets the "
-        "sparsities: equal weight and activation sparsity everywhere, or per layer with --allocation greedy",
+        "sparsities: equal weight and activation sparsity everywhere, or per layer with --allocation search",
         checks.speedup,
         metavar="S",
     )
     allocation: str = setting(
         "uniform",
-        "uniform: the same sparsities in every layer; greedy (experimental: on the default model worse than "
-        "uniform, see docs/method.md): per block and group, chosen on a few calibration sequences for the "
-        "least block error at the cost of --target-speedup (default: of the uniform --weight-sparsity/--act-sparsity)",
+        "uniform: the same sparsities in every layer; search: per block and group, the shape (per-group "
+        "offsets, depth slopes) whose quick stand-in model has the least loss on a few calibration sequences, at "
+        "the cost of --target-speedup (default: of the uniform --weight-sparsity/--act-sparsity)",
         checks.one_of,
         choices=ALLOCATIONS,
     )

@@ -9,7 +9,10 @@ from pathlib import Path
 
 from duogpt.errors import UsageError
 
-COLUMNS = ["run", "method", "weight sparsity", "act. sparsity", "PPL", "PPL halves", "vs first", "tokens"]
+COLUMNS = [
+    "run", "method", "weight sparsity", "act. sparsity", "PPL", "PPL halves", "vs first", "PPL cross-domain",
+    "cross vs first", "est. speedup", "tokens",
+]  # fmt: skip
 
 
 def load_results(paths: list[str]) -> list[dict]:
@@ -28,12 +31,19 @@ def load_results(paths: list[str]) -> list[dict]:
     return rows
 
 
+def _cross(result: dict) -> float | None:
+    return (result.get("cross_domain") or {}).get("perplexity")
+
+
 def table_rows(results: list[dict]) -> list[list[str]]:
+    """One row per eval result; ratios against the first (cross-domain: the first that has one)."""
     base = results[0]["perplexity"]
+    cross_base = next((_cross(r) for r in results if _cross(r) is not None), None)
     out = []
     for r in results:
         act = r.get("activation_sparsity")
         halves = r.get("half_perplexities") or [float("nan")] * 2
+        cross, speedup = _cross(r), r.get("estimated_decode_speedup")
         out.append(
             [
                 str(r["run"]),
@@ -43,6 +53,9 @@ def table_rows(results: list[dict]) -> list[list[str]]:
                 f"{r['perplexity']:.2f}",
                 f"{halves[0]:.1f} / {halves[1]:.1f}",
                 f"{r['perplexity'] / base:.3f}x",
+                "-" if cross is None else f"{cross:.2f} ({r['cross_domain'].get('text', '?')})",
+                "-" if cross is None else f"{cross / cross_base:.3f}x",
+                "-" if speedup is None else f"{speedup:.2f}x",
                 str(r.get("tokens", "")),
             ]
         )

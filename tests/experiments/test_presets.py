@@ -63,7 +63,7 @@ def test_allocation_preset_crosses_settings_with_variants_and_alpha_auto_only_fo
     assert len(dual) == 3 * (2 + 3) and len({c.label for c in cells}) == len(cells)
     assert {c.settings["variant"] for c in dual if c.method == "sparsegpt"} == {
         "allocation=uniform",
-        "allocation=greedy",
+        "allocation=search",
     }
     assert "duogpt-50-50-alpha=auto" not in {c.label for c in dual} and "duogpt-55-55-alpha=auto" in {
         c.label for c in dual

@@ -1,4 +1,4 @@
-"""Per-layer targets: the byte budget, uniform targets for a speedup, the greedy allocation, and the
+"""Per-layer targets: the byte budget, uniform targets for a speedup, the allocation search, and the
 prune that follows them."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from conftest import tiny_llama_config, tiny_model
 from duogpt.config import PruneConfig
 from duogpt.errors import UsageError
 from duogpt.models import find_blocks
-from duogpt.pruning import allocation
-from duogpt.pruning.allocation import Budget, _BlockProbe, _Point
+from duogpt.pruning import allocation, pipeline
+from duogpt.pruning.allocation import Budget
 from duogpt.pruning.pipeline import prune_model
 from duogpt.runtime.costmodel import decode_cost
 
@@ -42,45 +42,71 @@ def test_uniform_targets_for_a_speedup_and_an_unreachable_one():
         allocation.uniform_for_speedup(model, 50, budget)
 
 
-def test_combine_takes_the_cheapest_error_per_byte_and_looks_past_a_costly_step():
-    a = [_Point(100, 0.0, {}), _Point(90, 1.0, {}), _Point(50, 1.1, {})]  # a costly step, then a cheap one
-    b = [_Point(100, 0.0, {}), _Point(80, 0.5, {}), _Point(60, 2.0, {})]
-    assert allocation.combine([a, b], budget_bytes=160, fixed=10) == [2, 0]  # a's slope to 50: 1.1 / 50
-    assert allocation.combine([a, b], budget_bytes=210, fixed=10) == [0, 0]  # already within budget
-    assert allocation.combine([a, b], budget_bytes=145, fixed=10) == [2, 1]
-    assert allocation.combine([a, b], budget_bytes=125, fixed=10) == [2, 2]
+def test_at_cost_meets_the_speedup_with_the_shape_and_says_when_no_shift_can():
+    model = model4()
+    _, blocks = find_blocks(model)
+    budget = Budget.of(model, context=32)
+    shape = allocation.uniform_shape(blocks) | {"x.down": 0.2, "w.depth": 0.2}
+    targets = allocation.at_cost(model, shape, 1.8, budget)
+    assert budget.speedup(model, targets) == pytest.approx(1.8, rel=1e-4)
+    first, last = targets["layers.0.down"], targets["layers.3.down"]
+    assert last[0] - first[0] == pytest.approx(0.2, abs=1e-5)  # the weight depth slope
+    assert first[1] - first[0] == pytest.approx(0.3, abs=1e-5)  # activation offset 0.2, slope at depth -0.5
+    assert targets["layers.1.qkv"][1] == pytest.approx(targets["layers.1.qkv"][0] + 0.2 / 6, abs=1e-5)
+    assert targets["layers.2.o"] == targets["layers.2.qkv"]
+    balanced = allocation.at_cost(model, shape | {"balance": 0.1}, 1.8, budget)
+    assert balanced["layers.2.o"][1] - balanced["layers.2.o"][0] == pytest.approx(0.2 - 0.2 / 6, abs=1e-5)
+    assert allocation.at_cost(model, shape | {"w.qkv": -2.0, "x.qkv": -2.0}, 3.0, budget) is None
 
 
-def test_greedy_meets_the_budget_with_less_block_error_than_uniform(samples):
+def test_proxy_masks_inside_its_forward_only_and_is_the_dense_model_at_zero(samples):
+    model = model4()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    proxy = allocation._Proxy(model, samples[:4], samples[-2:])
+    dense = allocation.uniform(model, 0.0, 0.0)
+    with torch.no_grad(), allocation._bfloat16_if_fast(samples.device):  # as the proxy scores
+        expected = float(model(input_ids=samples[-2:], labels=samples[-2:], use_cache=False).loss)
+    assert proxy.loss(dense) == expected
+
+    seen = {}
+    lin = find_blocks(model)[1][2].groups["gate_up"]["up_proj"]
+    # a forward hook registered first runs before the proxy's, which puts the weights back
+    hook = lin.register_forward_hook(lambda m, a, _o: seen.update(w=m.weight.detach().clone(), x=a[0].clone()))
+    try:
+        loss = proxy.loss(allocation.uniform(model, 0.5, 0.25))
+    finally:
+        hook.remove()
+    # Wanda per row: half of every row's weights gone, the ones with the least |W_ij| ||x_j||
+    assert ((seen["w"] == 0).sum(1) == lin.in_features // 2).all()
+    assert (seen["x"] == 0).float().mean() == pytest.approx(0.25, abs=0.05)  # a quantile of other tokens
+    scores, kept = proxy._scores(lin, "layers.2.gate_up"), seen["w"] != 0
+    assert (scores.masked_fill(~kept, float("inf")).min(1).values >= scores.masked_fill(kept, 0).max(1).values).all()
+    assert loss != expected
+    after = model.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in before)  # weights restored
+
+
+def test_search_meets_the_budget_with_a_lower_proxy_loss_than_uniform(samples):
     model = model4()
     budget = Budget.of(model, context=32)
-    uniform = allocation.uniform(model, 0.5, 0.5)
-    speedup = budget.speedup(model, uniform)
-    targets = allocation.greedy(model, samples, speedup, budget)
+    speedup = budget.speedup(model, allocation.uniform(model, 0.5, 0.5))
+    targets, record = allocation.search(model, samples, speedup, budget)
     assert budget.speedup(model, targets) >= speedup * (1 - 1e-9)
     assert len(set(targets.values())) > 1
     assert all(0 <= p <= allocation.MAX_SPARSITY for pair in targets.values() for p in pair)
-
-    # the objective the greedy minimises, summed block by block on the same dense inputs
-    def summed_error(t):
-        from duogpt.pruning.statistics import capture_inputs
-
-        _, blocks = find_blocks(model)
-        hidden, kwargs = capture_inputs(model, [samples[: allocation.PROXY_SEQUENCES]])
-        h, total = hidden[0], 0.0
-        for block in blocks:
-            probe = _BlockProbe(block, h, kwargs[block.index][0])
-            total += probe.error({g: t[f"layers.{block.index}.{g}"] for g in block.groups})
-            h = probe.target
-        return total
-
-    with torch.no_grad():
-        assert summed_error(targets) < summed_error(uniform)
+    assert record["proxy_loss"] < record["proxy_loss_uniform"]
+    assert record["evaluations"] <= allocation.MAX_EVALUATIONS
+    # the record is what the targets score, measured afresh
+    proxy = allocation._Proxy(model, samples[: allocation.STAT_SEQUENCES], samples[-allocation.LOSS_SEQUENCES :])
+    assert proxy.loss(targets) == pytest.approx(record["proxy_loss"], rel=1e-6)
+    assert proxy.loss(allocation.at_cost(model, record["shape"], speedup, budget)) == pytest.approx(
+        record["proxy_loss"], rel=1e-6
+    )
 
 
 def test_prune_follows_per_group_targets(samples):
     model = model4()
-    cfg = PruneConfig(nsamples=8, seqlen=32, batch_size=4, blocksize=16, allocation="greedy")
+    cfg = PruneConfig(nsamples=8, seqlen=32, batch_size=4, blocksize=16, allocation="search")
     result = prune_model(model, samples, cfg, progress=False)
     _, blocks = find_blocks(model)
     for block in blocks:
@@ -95,12 +121,33 @@ def test_prune_follows_per_group_targets(samples):
     assert result.to_json()["targets"]["layers.0.qkv"].keys() == {"weight_sparsity", "act_sparsity"}
 
 
+def test_resume_prunes_to_the_saved_targets_without_searching_again(samples, tmp_path, monkeypatch):
+    cfg = PruneConfig(nsamples=8, seqlen=32, batch_size=4, blocksize=16, allocation="search")
+    expected = prune_model(model4(), samples, cfg, progress=False)
+    real = pipeline._solve_group
+
+    def crash(block, group, *args):
+        if block.index == 2:
+            raise RuntimeError("simulated crash")
+        return real(block, group, *args)
+
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "_solve_group", crash)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            prune_model(model4(), samples, cfg, progress=False, work_dir=tmp_path / "work")
+    monkeypatch.setattr(allocation, "search", lambda *a, **k: pytest.fail("searched again on resume"))
+    resumed = model4()
+    result = prune_model(resumed, samples, cfg, progress=False, work_dir=tmp_path / "work")
+    assert result.targets == expected.targets and result.allocation == expected.allocation
+    assert result.thresholds == expected.thresholds
+
+
 @pytest.mark.parametrize(
     "settings, message",
     [
-        (dict(allocation="best"), "unknown allocation 'best': use one of uniform, greedy"),
+        (dict(allocation="best"), "unknown allocation 'best': use one of uniform, search"),
         (dict(target_speedup=0.5), "must be a number above 1"),
-        (dict(allocation="greedy", pattern="2:4"), "drop --pattern 2:4"),
+        (dict(allocation="search", pattern="2:4"), "drop --pattern 2:4"),
     ],
 )
 def test_bad_allocation_settings_are_refused(settings, message):
@@ -108,16 +155,16 @@ def test_bad_allocation_settings_are_refused(settings, message):
         PruneConfig(**settings).validate()
 
 
-def test_greedy_refuses_out_of_core(tmp_path, text_file):
+def test_search_refuses_out_of_core(tmp_path, text_file):
     import duogpt
     from conftest import byte_tokenizer
 
     src = tmp_path / "src"
     model4().save_pretrained(src)
     byte_tokenizer().save_pretrained(src)
-    with pytest.raises(UsageError, match="--allocation greedy needs every block in memory: drop --offload"):
+    with pytest.raises(UsageError, match="--allocation search needs every block in memory: drop --offload"):
         duogpt.prune(
-            str(src), calib=str(text_file), nsamples=4, seqlen=32, allocation="greedy", out=tmp_path / "o",
+            str(src), calib=str(text_file), nsamples=4, seqlen=32, allocation="search", out=tmp_path / "o",
             offload=True, progress=False,
         )  # fmt: skip
     assert not (tmp_path / "o").exists()

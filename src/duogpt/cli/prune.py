@@ -62,8 +62,11 @@ def _run(args, cfg) -> int:
         resume=not args.no_resume, offload=args.offload,
     )  # fmt: skip
     if lead:
-        print(
-            f"pruned with {cfg.method} to {cfg.weight_sparsity:.0%} weights / {cfg.act_sparsity:.0%} activations "
-            f"in {model.duogpt_report.seconds:.1f} s -> {args.out}"
-        )
+        report = model.duogpt_report
+        to = f"{cfg.weight_sparsity:.0%} weights / {cfg.act_sparsity:.0%} activations"
+        if cfg.allocation != "uniform" or cfg.target_speedup is not None:
+            to = (
+                f"per-layer targets ({cfg.allocation}), estimated decode speedup {report.estimated_decode_speedup:.2f}x"
+            )
+        print(f"pruned with {cfg.method} to {to} in {report.seconds:.1f} s -> {args.out}")
     return 0

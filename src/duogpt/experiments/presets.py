@@ -74,13 +74,13 @@ PRESETS = {
         ),
         Preset(
             "allocation",
-            "uniform vs greedy per-layer sparsities at equal estimated decode speedups (about 1.6x, 2.0x, "
+            "uniform vs searched per-layer sparsities at equal estimated decode speedups (about 1.6x, 2.0x, "
             "2.4x), and DuoGPT's --alpha auto",
             ((0.3, 0.3), (0.45, 0.45), (0.55, 0.55)),
             ("sparsegpt", "duogpt"),
             activation_only=False,
             variant_field="variant",
-            variants=({"allocation": "uniform"}, {"allocation": "greedy"}, {"alpha": "auto", "only": "duogpt"}),
+            variants=({"allocation": "uniform"}, {"allocation": "search"}, {"alpha": "auto", "only": "duogpt"}),
             task_items=0,
         ),
         Preset(

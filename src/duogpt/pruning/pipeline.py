@@ -43,23 +43,23 @@ def stream_names(cfg: PruneConfig) -> list[str]:
 
 
 def plan_targets(
-    model, samples: torch.Tensor, cfg: PruneConfig, budget: allocation.Budget, out_of_core: bool
-) -> allocation.Targets:
-    """Per group (p_w, p_x) from the settings (see ``pruning/allocation.py``); with several processes
-    the greedy allocation runs on rank 0 and is shared."""
+    model, samples: torch.Tensor, cfg: PruneConfig, budget: allocation.Budget, out_of_core: bool, progress: bool
+) -> tuple[allocation.Targets, dict | None]:
+    """Per group (p_w, p_x) from the settings (see ``pruning/allocation.py``), and the search's record
+    (None for uniform); with several processes the search runs on rank 0 and is shared."""
     if cfg.allocation == "uniform":
         if cfg.target_speedup is None:
-            return allocation.uniform(model, cfg.weight_sparsity, cfg.act_sparsity)
-        return allocation.uniform_for_speedup(model, cfg.target_speedup, budget)
+            return allocation.uniform(model, cfg.weight_sparsity, cfg.act_sparsity), None
+        return allocation.uniform_for_speedup(model, cfg.target_speedup, budget), None
     if out_of_core:
         raise UsageError(f"--allocation {cfg.allocation} needs every block in memory: drop --offload")
     speedup = cfg.target_speedup or budget.speedup(
         model, allocation.uniform(model, cfg.weight_sparsity, cfg.act_sparsity)
     )
-    targets = None
+    found = None
     if world()[0] == 0:
-        targets = allocation.greedy(model, samples, speedup, budget)
-    return share_object(targets, 0)
+        found = allocation.search(model, samples, speedup, budget, progress)
+    return share_object(found, 0)
 
 
 def at_targets(cfg: PruneConfig, targets: allocation.Targets, name: str) -> PruneConfig:
@@ -92,9 +92,16 @@ def prune_model(
     split = _Split.of(samples, cfg.batch_size)
     chunks = samples.to(device).split(cfg.batch_size)
     result = PruneResult(cfg, thresholds={})
+    saved = work.load() if work is not None else None
     t_plan = time.perf_counter()
     budget = allocation.Budget.of(model, cfg.seqlen)
-    result.targets = plan_targets(model, samples, cfg, budget, blocks_io is not None)
+    if saved is not None and saved.get("targets"):
+        result.targets = {name: tuple(pair) for name, pair in saved["targets"].items()}
+        result.allocation = saved.get("allocation")
+    else:
+        result.targets, result.allocation = plan_targets(
+            model, samples, cfg, budget, blocks_io is not None, progress and world()[0] == 0
+        )
     result.estimated_decode_speedup = budget.speedup(model, result.targets)
     result.resources["allocation_seconds"] = time.perf_counter() - t_plan
     hidden, kwargs = capture_inputs(model, [chunks[c] for c in split.mine])
@@ -103,7 +110,6 @@ def prune_model(
     streams = {name: list(hidden) for name in stream_names(cfg)}
     sparsifiers = sparsify.install(model, {}, cfg.sparsify_prefill)
     first = 0
-    saved = work.load() if work is not None else None
     if saved is not None:
         first = work.restore(saved, streams, result, device)
         finished, result.block_seconds[:] = list(result.block_seconds), []  # reading back is no block's time

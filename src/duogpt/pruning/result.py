@@ -32,6 +32,7 @@ class PruneResult:
     block_seconds: list[dict[str, float]] = field(default_factory=list)  # per block: forward, statistics, solve, io
     targets: dict[str, tuple[float, float]] = field(default_factory=dict)  # group -> (p_w, p_x) it was pruned to
     estimated_decode_speedup: float | None = None  # the cost model's, at the targets
+    allocation: dict | None = None  # --allocation search: proxy losses, scores taken, the shape found
 
     @contextlib.contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -56,4 +57,5 @@ class PruneResult:
             "block_seconds": self.block_seconds,
             "estimated_decode_speedup": self.estimated_decode_speedup,
             "targets": {k: {"weight_sparsity": w, "act_sparsity": x} for k, (w, x) in self.targets.items()},
+            "allocation": self.allocation,
         }

@@ -140,6 +140,8 @@ class WorkDir:
             "peak_rss_mb": max(peak_rss_mb(), result.resources.get("peak_rss_mb_before_resume") or 0.0),
             "fingerprint": self.fingerprint,
             "next_block": block.index + 1,
+            "targets": result.targets,  # a resume prunes to the same targets without searching again
+            "allocation": result.allocation,
         }
         with atomic_path(self.path / STATE_FILE) as tmp:
             tmp.write_text(json.dumps(state))
