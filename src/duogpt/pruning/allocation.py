@@ -278,22 +278,22 @@ def search(
     loss, at = score(prior)
     if loss < best:
         shape, best, targets = prior, loss, at
-    shape, best, targets, evaluations = _descend(score, shape, best, targets)
+    shape, best, targets, evaluations = _descend(score, shape, best, targets, MAX_EVALUATIONS - 2)
     bar.close()
     record.update(proxy_loss=best, evaluations=evaluations + 2, shape=shape)
     return targets, record
 
 
-def _descend(score, shape: dict[str, float], best: float, targets: Targets):
-    """Coordinate descent over the shape's numbers (the module docstring, step 3)."""
+def _descend(score, shape: dict[str, float], best: float, targets: Targets, limit: int):
+    """Coordinate descent over the shape's numbers, at most ``limit`` scores (the module docstring, step 3)."""
     evaluations = 0
     for step in STEPS:
         improved = True
-        while improved and evaluations < MAX_EVALUATIONS - 2:
+        while improved and evaluations < limit:
             improved = False
             for name in shape:
                 for sign in (1, -1):
-                    if evaluations >= MAX_EVALUATIONS - 2:
+                    if evaluations >= limit:
                         break
                     trial = {**shape, name: round(shape[name] + sign * step, 6)}
                     loss, at = score(trial)

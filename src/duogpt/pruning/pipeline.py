@@ -99,9 +99,7 @@ def prune_model(
         result.targets = {name: tuple(pair) for name, pair in saved["targets"].items()}
         result.allocation = saved.get("allocation")
     else:
-        result.targets, result.allocation = plan_targets(
-            model, samples, cfg, budget, blocks_io is not None, progress and world()[0] == 0
-        )
+        result.targets, result.allocation = plan_targets(model, samples, cfg, budget, blocks_io is not None, progress)
     result.estimated_decode_speedup = budget.speedup(model, result.targets)
     result.resources["allocation_seconds"] = time.perf_counter() - t_plan
     hidden, kwargs = capture_inputs(model, [chunks[c] for c in split.mine])
