@@ -132,7 +132,7 @@ class PruneConfig:
             else:
                 f.metadata["check"](f.name, value)
         method_for(self.method, self.hessian)  # refuses an ablation the method does not have
-        if (self.allocation != "uniform" or self.target_speedup is not None) and self.pattern != "unstructured":
+        if self.targets_from_cost and self.pattern != "unstructured":
             raise UsageError(
                 f"--target-speedup and --allocation {self.allocation} set unstructured sparsities: "
                 f"drop --pattern {self.pattern}"
@@ -146,6 +146,12 @@ class PruneConfig:
                     f"{AUTO_ALPHA_MIN_SAMPLES} or more (got {self.nsamples})"
                 )
         return self
+
+    @property
+    def targets_from_cost(self) -> bool:
+        """Whether the sparsities come from the cost model (--target-speedup, or an allocation other than
+        uniform) rather than from --weight-sparsity / --act-sparsity as given."""
+        return self.allocation != "uniform" or self.target_speedup is not None
 
     def replace(self, **overrides) -> PruneConfig:
         """A copy with ``overrides`` (field names) applied and validated."""

@@ -64,7 +64,7 @@ def _run(args, cfg) -> int:
     if lead:
         report = model.duogpt_report
         to = f"{cfg.weight_sparsity:.0%} weights / {cfg.act_sparsity:.0%} activations"
-        if cfg.allocation != "uniform" or cfg.target_speedup is not None:
+        if cfg.targets_from_cost:
             to = (
                 f"per-layer targets ({cfg.allocation}), estimated decode speedup {report.estimated_decode_speedup:.2f}x"
             )

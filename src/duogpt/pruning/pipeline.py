@@ -38,8 +38,7 @@ from duogpt.pruning.statistics import capture_inputs, dense_run, run_block
 
 def stream_names(cfg: PruneConfig) -> list[str]:
     """The calibration streams a prune with ``cfg`` carries between blocks."""
-    fixed = cfg.allocation == "uniform" and cfg.target_speedup is None
-    return method_for(cfg.method, cfg.hessian).streams(cfg.act_sparsity if fixed else 1.0)
+    return method_for(cfg.method, cfg.hessian).streams(1.0 if cfg.targets_from_cost else cfg.act_sparsity)
 
 
 def plan_targets(
@@ -120,7 +119,7 @@ def prune_model(
         start -= saved["seconds"]
         log.info("resuming from block %d of %d (state in %s)", first, len(blocks), work.path)
     desc = f"{cfg.method} {cfg.weight_sparsity:.0%}/{cfg.act_sparsity:.0%}"
-    if cfg.allocation != "uniform" or cfg.target_speedup is not None:
+    if cfg.targets_from_cost:
         desc = f"{cfg.method} {cfg.allocation}, est. {result.estimated_decode_speedup:.2f}x"
     bar = tqdm(blocks, desc=desc, disable=not progress or world()[0] != 0)
     # out of core, a group's inputs wait in files of the work directory (one chunk resident at a time)
