@@ -60,6 +60,19 @@ def test_small_batches(isa, batch):
     torch.testing.assert_close(kernel(x), spmspv_reference(kernel.sp, x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("isa", list(ISA_FLAGS))
+@pytest.mark.parametrize("tile", [320, 1024, 4096])
+@pytest.mark.parametrize("batch", [3, 16])
+def test_small_batches_on_tall_tiles(isa, tile, batch):
+    """A batch on a weight re-tiled for batch 1 (strips of thousands of rows) is summed in blocks of
+    256 rows, each column's position carried from block to block; the last tile is cut short."""
+    from duogpt.runtime.kernels.cpu import retile
+
+    W, x = problem(1000, 70, 0.5, 0.5, torch.float32, batch=batch, seed=5)
+    sp = retile(pack(W, tile_rows=64), tile)
+    torch.testing.assert_close(CpuSpMSpV(sp, isa=isa, threads=2)(x), spmspv_reference(sp, x), rtol=1e-5, atol=1e-5)
+
+
 def test_dense_weights_fall_back_exactly():
     W, x = problem(200, 50, 0.0, 0.0, torch.float32)
     torch.testing.assert_close(CpuSpMSpV(pack(W))(x[0]), W @ x[0], rtol=1e-5, atol=1e-4)
@@ -98,26 +111,49 @@ def test_unpack_is_exact(isa, dtype, shape, tile):
     assert torch.equal(out[W.numel() :], torch.full((8,), 7.0, dtype=dtype))
 
 
-VARIANTS, HAS_DP = variants_available()
-FLAGS = [v for v in VARIANTS if v] + ([1 | 16, 2 | 16] if HAS_DP else [])
+def _flags(isa: str) -> list[int]:
+    """Every variant compiled for ``isa``, with its flag combinations (16: no vdpbf16ps, 32: no prefetch)."""
+    variants, has_dp = variants_available(isa)
+    return [v for v in variants if v] + ([1 | 16, 2 | 16] if has_dp else []) + [v | 32 for v in variants if v >= 4]
 
 
+@pytest.mark.parametrize("isa", [isa for isa in ISA_FLAGS if isa != "portable"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("tile", [64, 128, 256, 512, 1024, 4096])
 @pytest.mark.parametrize("exact_x", [True, False])
-def test_every_variant_gives_the_same_bits(dtype, tile, exact_x):
+def test_every_variant_gives_the_same_bits(isa, dtype, tile, exact_x):
     """All variants sum each row's products in the active columns' order with one rounding per add
     (vdpbf16ps with a zero partner is such an add), so they agree bit for bit, on any tile height,
-    bfloat16-exact inputs (the vdpbf16ps path) or not (shift + FMA), and match the reference."""
+    bfloat16-exact inputs (the vdpbf16ps path) or not (shift + FMA), and match the reference; on
+    the native build and on the AVX2 one (variants 4 and 5 run on both)."""
     from duogpt.runtime.kernels.cpu import retile
 
     W, x = problem(700, 90, 0.5, 0.4, dtype, seed=2)
     x = x[0].to(torch.bfloat16).float() if exact_x else x[0]
     sp = retile(pack(W, tile_rows=64), tile)
-    base = CpuSpMSpV(sp, threads=2, variant=0)(x)
+    base = CpuSpMSpV(sp, isa=isa, threads=2, variant=0)(x)
     torch.testing.assert_close(base, spmspv_reference(sp, x), rtol=1e-5, atol=1e-5)
-    for variant in FLAGS:
-        assert torch.equal(CpuSpMSpV(sp, threads=2, variant=variant)(x), base), variant
+    for variant in _flags(isa):
+        assert torch.equal(CpuSpMSpV(sp, isa=isa, threads=2, variant=variant)(x), base), variant
+
+
+@pytest.mark.parametrize("isa", [isa for isa in ISA_FLAGS if isa != "portable"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_variants_on_full_empty_and_single_chunks(isa, dtype):
+    """Chunks with every row set, none set, one set; a last tile cut short; one active column."""
+    from duogpt.runtime.kernels.cpu import retile
+
+    gen = torch.Generator().manual_seed(4)
+    W = torch.randn(200, 40, generator=gen).to(dtype)
+    W[:, :10] = 0  # empty columns
+    W[:64, 10:20] = W[:64, 10:20].masked_fill(torch.arange(64)[:, None] % 8 != 3, 0)  # one row per chunk
+    for x in (torch.randn(40, generator=gen), torch.eye(40)[15], torch.zeros(40)):
+        for tile in (64, 256):
+            sp = retile(pack(W, tile_rows=64), tile)
+            base = CpuSpMSpV(sp, isa=isa, threads=2, variant=0)(x)
+            torch.testing.assert_close(base, x @ W.float().T, rtol=1e-5, atol=1e-4)
+            for variant in _flags(isa):
+                assert torch.equal(CpuSpMSpV(sp, isa=isa, threads=2, variant=variant)(x), base), (variant, tile)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

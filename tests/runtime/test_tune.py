@@ -9,7 +9,7 @@ import torch
 
 from duogpt.errors import UsageError
 from duogpt.runtime.format import unpack, validate
-from duogpt.runtime.kernels import tune
+from duogpt.runtime.kernels import cpu, tune
 
 
 @pytest.fixture
@@ -40,7 +40,9 @@ def test_candidates_cover_the_default_and_fit_the_shape():
     plans = tune.candidates(4096, torch.bfloat16, 2, 256)
     assert plans[0] == tune.Plan(0, 256)
     assert all(p.tile_rows % 64 == 0 and p.tile_rows <= 4096 for p in plans)
-    assert tune.candidates(64, torch.float16, 2, 64) == [tune.Plan(0, 64)]  # nothing else for float16
+    small = tune.candidates(64, torch.float16, 2, 64)  # float16: the original path and, with AVX2, its kernels
+    avx2 = [tune.Plan(4, 64), tune.Plan(4 | 32, 64)] if 4 in cpu.variants_available()[0] else []
+    assert small == [tune.Plan(0, 64), *avx2]
 
 
 def test_plan_is_measured_once_and_cached(fresh_cache):

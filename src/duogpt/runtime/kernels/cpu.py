@@ -22,7 +22,7 @@ from duogpt.errors import UsageError
 from duogpt.files import atomic_path, cache_dir
 from duogpt.runtime.format import SparseLinear, bit_counts, segment_offsets
 
-SOURCES = [Path(__file__).with_name(name) for name in ("spmspv.c", "variants.c", "common.h")]
+SOURCES = [Path(__file__).with_name(name) for name in ("spmspv.c", "variants.c", "avx2.c", "common.h")]
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 ISA_FLAGS = (
     {
@@ -35,7 +35,7 @@ ISA_FLAGS = (
 )
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _PAD_BYTES = 64
-VARIANT_COUNT = 4  # common.h
+VARIANT_COUNT = 6  # common.h
 VARIANT_NO_DP, VARIANT_NO_PF, VARIANT_PF_HEAD = 16, 32, 64
 
 

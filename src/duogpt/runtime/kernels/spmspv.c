@@ -44,9 +44,7 @@ static inline float load_scalar(const void *v, int64_t i, int dtype) {
 }
 
 const char *duogpt_spmspv_isa(void) {
-#if defined(__AVX512F__) && defined(__AVX512VBMI2__) && defined(__AVX512BW__) && defined(DUOGPT_EXPAND16)
-    return "avx512-vbmi2";
-#elif defined(__AVX512F__)
+#if defined(__AVX512F__)
     return "avx512";
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
     return "avx2";
@@ -90,67 +88,6 @@ static inline __m256 load8(const void *v, int64_t i, int dtype) {
 
 #if defined(__AVX512F__) && defined(__AVX512VBMI2__) && defined(__AVX512BW__)
 #define HAVE_EXPAND16 1
-/* 32 16-bit values expanded by a 32-bit mask, widened to two float32 vectors. */
-static inline void expand32(__mmask32 m, const uint16_t *v, int dtype, __m512 *lo, __m512 *hi) {
-    const __m512i e = _mm512_maskz_expand_epi16(m, _mm512_loadu_si512((const void *)v));
-    const __m256i a = _mm512_castsi512_si256(e), b = _mm512_extracti64x4_epi64(e, 1);
-    if (dtype == DT_F16) {
-        *lo = _mm512_cvtph_ps(a);
-        *hi = _mm512_cvtph_ps(b);
-    } else {
-        *lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(a), 16));
-        *hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
-    }
-}
-
-/* Batch 1, 16-bit values: 32 rows per expand, two columns in flight. */
-static void tile_product_b1_16(const uint64_t *bitmaps, const uint16_t *values, int dtype, const int64_t *offsets,
-                               int64_t words, const int32_t *active, int64_t n_active, const float *x, float *acc) {
-    int64_t a = 0;
-    for (; a + 1 < n_active; a += 2) {
-        const int64_t j0 = active[a], j1 = active[a + 1];
-        const uint64_t *bm0 = bitmaps + j0 * words, *bm1 = bitmaps + j1 * words;
-        const uint16_t *p0 = values + offsets[j0], *p1 = values + offsets[j1];
-        if (a + 3 < n_active) {
-            __builtin_prefetch(bitmaps + active[a + 2] * words);
-            __builtin_prefetch(bitmaps + active[a + 3] * words);
-            __builtin_prefetch(values + offsets[active[a + 2]]);
-            __builtin_prefetch(values + offsets[active[a + 3]]);
-        }
-        const __m512 x0 = _mm512_set1_ps(x[j0]), x1 = _mm512_set1_ps(x[j1]);
-        for (int64_t w = 0; w < words; w++) {
-            const uint64_t w0 = bm0[w], w1 = bm1[w];
-            for (int h = 0; h < 2; h++) {
-                const __mmask32 m0 = (__mmask32)(w0 >> (32 * h)), m1 = (__mmask32)(w1 >> (32 * h));
-                __m512 lo0, hi0, lo1, hi1;
-                expand32(m0, p0, dtype, &lo0, &hi0);
-                expand32(m1, p1, dtype, &lo1, &hi1);
-                p0 += __builtin_popcount(m0);
-                p1 += __builtin_popcount(m1);
-                float *d = acc + w * 64 + h * 32;
-                _mm512_storeu_ps(d, _mm512_fmadd_ps(lo1, x1, _mm512_fmadd_ps(lo0, x0, _mm512_loadu_ps(d))));
-                _mm512_storeu_ps(d + 16, _mm512_fmadd_ps(hi1, x1, _mm512_fmadd_ps(hi0, x0, _mm512_loadu_ps(d + 16))));
-            }
-        }
-    }
-    for (; a < n_active; a++) {
-        const int64_t j = active[a];
-        const uint64_t *bm = bitmaps + j * words;
-        const uint16_t *p = values + offsets[j];
-        const __m512 xj = _mm512_set1_ps(x[j]);
-        for (int64_t w = 0; w < words; w++) {
-            for (int h = 0; h < 2; h++) {
-                const __mmask32 m = (__mmask32)(bm[w] >> (32 * h));
-                __m512 lo, hi;
-                expand32(m, p, dtype, &lo, &hi);
-                p += __builtin_popcount(m);
-                float *d = acc + w * 64 + h * 32;
-                _mm512_storeu_ps(d, _mm512_fmadd_ps(lo, xj, _mm512_loadu_ps(d)));
-                _mm512_storeu_ps(d + 16, _mm512_fmadd_ps(hi, xj, _mm512_loadu_ps(d + 16)));
-            }
-        }
-    }
-}
 #endif
 
 #if LANES == 16
@@ -241,32 +178,26 @@ static int tile_b1_fast(const uint64_t *bitmaps, const void *values, int dtype, 
 }
 #endif
 
-/* One tile: acc[b][r] += sum over active j of W[r, j] * x[b, j]. */
-static void tile_product(const uint64_t *bitmaps, const void *values, int dtype, const int64_t *offsets,
-                         int64_t k, int64_t words, const int32_t *active, int64_t n_active, const float *x,
-                         int64_t batch, float *acc /* [batch][words * 64] */) {
+/* One block of ``words`` 64-row words of a tile: acc[b][r] += sum over active j of W[r, j] * x[b, j].
+ * Column j's bitmap words are at bitmaps + j * wstride; the a-th active column's values start at
+ * starts[a] (blocks of a taller tile carry these cursors from block to block). */
+static void tile_product(const uint64_t *bitmaps, const void *values, int dtype, const int64_t *starts,
+                         int64_t wstride, int64_t k, int64_t words, const int32_t *active, int64_t n_active,
+                         const float *x, int64_t batch, float *acc /* [batch][words * 64] */) {
     const int64_t rows = words * 64;
     const int64_t esize = dtype == DT_F32 ? 4 : 2;
-#if defined(HAVE_EXPAND16) && defined(DUOGPT_EXPAND16)
-    /* Off by default: on the AMD EPYC (Zen 4) this was measured on, the 16-bit expand
-       made bfloat16 decode slower (11008x4096 at 50/50: 3.47 ms against 2.83 ms). */
-    if (batch == 1 && dtype != DT_F32) {
-        tile_product_b1_16(bitmaps, (const uint16_t *)values, dtype, offsets, words, active, n_active, x, acc);
-        return;
-    }
-#endif
     int64_t a = 0;
 #if LANES == 16
     /* Two columns at a time: two independent pointer chains, one accumulator update. */
     for (; a + 1 < n_active; a += 2) {
         const int64_t j0 = active[a], j1 = active[a + 1];
-        const uint64_t *bm0 = bitmaps + j0 * words, *bm1 = bitmaps + j1 * words;
-        int64_t p0 = offsets[j0], p1 = offsets[j1];
+        const uint64_t *bm0 = bitmaps + j0 * wstride, *bm1 = bitmaps + j1 * wstride;
+        int64_t p0 = starts[a], p1 = starts[a + 1];
         if (a + 3 < n_active) {
-            __builtin_prefetch(bitmaps + active[a + 2] * words);
-            __builtin_prefetch(bitmaps + active[a + 3] * words);
-            __builtin_prefetch((const char *)values + offsets[active[a + 2]] * esize);
-            __builtin_prefetch((const char *)values + offsets[active[a + 3]] * esize);
+            __builtin_prefetch(bitmaps + active[a + 2] * wstride);
+            __builtin_prefetch(bitmaps + active[a + 3] * wstride);
+            __builtin_prefetch((const char *)values + starts[a + 2] * esize);
+            __builtin_prefetch((const char *)values + starts[a + 3] * esize);
         }
         __m512 x0[MAX_BATCH], x1[MAX_BATCH];
         for (int64_t b = 0; b < batch; b++) {
@@ -293,11 +224,11 @@ static void tile_product(const uint64_t *bitmaps, const void *values, int dtype,
 #endif
     for (; a < n_active; a++) {
         const int64_t j = active[a];
-        const uint64_t *bm = bitmaps + j * words;
-        int64_t pos = offsets[j];
+        const uint64_t *bm = bitmaps + j * wstride;
+        int64_t pos = starts[a];
         if (a + 1 < n_active) {
-            __builtin_prefetch(bitmaps + active[a + 1] * words);
-            __builtin_prefetch((const char *)values + offsets[active[a + 1]] * esize);
+            __builtin_prefetch(bitmaps + active[a + 1] * wstride);
+            __builtin_prefetch((const char *)values + starts[a + 1] * esize);
         }
 #if LANES == 16
         __m512 xb[MAX_BATCH];
@@ -368,22 +299,34 @@ static int64_t active_columns(const float *x, int64_t k, int64_t batch, int32_t 
     return n_active;
 }
 
-/* One tile by the paths of this file; acc holds batch * tile_rows floats. */
+/* One tile by the paths of this file, in blocks of at most BLOCK_WORDS words (a tile may be a strip of
+ * thousands of rows, planned for batch 1: the sums of a batch stay in L1 per block). acc holds
+ * batch * BLOCK_WORDS * 64 floats, starts n_active cursors. */
 static int base_tile(const uint64_t *bitmaps, const void *values, int dtype, const int64_t *offsets, int64_t k,
                      int64_t words, const int32_t *active, int64_t n_active, const float *x, int64_t batch,
-                     float *acc, float *y, int64_t n, int64_t row0, int64_t count) {
-    const int64_t tile_rows = words * 64;
+                     float *acc, int64_t *starts, float *y, int64_t n, int64_t row0, int64_t count) {
 #if LANES == 16
     if (batch == 1 && words <= 4) { /* the last tile may be cut short: sum into a full buffer first */
-        float *out = count == tile_rows ? y + row0 : acc;
+        float *out = count == words * 64 ? y + row0 : acc;
         if (tile_b1_fast(bitmaps, values, dtype, offsets, words, active, n_active, x, out)) return -1;
         if (out == acc) memcpy(y + row0, acc, sizeof(float) * count);
         return 0;
     }
 #endif
-    memset(acc, 0, sizeof(float) * (size_t)(batch * tile_rows));
-    tile_product(bitmaps, values, dtype, offsets, k, words, active, n_active, x, batch, acc);
-    for (int64_t b = 0; b < batch; b++) memcpy(y + b * n + row0, acc + b * tile_rows, sizeof(float) * count);
+    for (int64_t a = 0; a < n_active; a++) starts[a] = offsets[active[a]];
+    for (int64_t w0 = 0; w0 < words && w0 * 64 < count; w0 += BLOCK_WORDS) {
+        const int64_t bw = words - w0 < BLOCK_WORDS ? words - w0 : BLOCK_WORDS, block_rows = bw * 64;
+        const int64_t left = count - w0 * 64, keep = left < block_rows ? left : block_rows;
+        memset(acc, 0, sizeof(float) * (size_t)(batch * block_rows));
+        tile_product(bitmaps + w0, values, dtype, starts, words, k, bw, active, n_active, x, batch, acc);
+        for (int64_t b = 0; b < batch; b++)
+            memcpy(y + b * n + row0 + w0 * 64, acc + b * block_rows, sizeof(float) * (size_t)keep);
+        if (w0 + bw < words)
+            for (int64_t a = 0; a < n_active; a++) {
+                const uint64_t *bm = bitmaps + active[a] * words + w0;
+                for (int64_t w = 0; w < bw; w++) starts[a] += __builtin_popcountll(bm[w]);
+            }
+    }
     return 0;
 }
 
@@ -403,23 +346,30 @@ int duogpt_spmspv(const uint64_t *bitmaps, const void *values, int dtype, const 
     int failed = 0;
 #pragma omp parallel num_threads(nthreads) if (n_tiles > 1 && nthreads > 1)
     {
-        float *acc = (float *)aligned_alloc(64, sizeof(float) * (size_t)(batch * tile_rows));
+        /* variants use a whole tile, the base path a block of it per batch row */
+        const int64_t block = tile_rows < BLOCK_WORDS * 64 ? tile_rows : BLOCK_WORDS * 64;
+        const int64_t acc_floats = tile_rows > batch * block ? tile_rows : batch * block;
+        float *acc = (float *)aligned_alloc(64, sizeof(float) * (size_t)acc_floats);
+        int64_t *starts = (int64_t *)malloc(sizeof(int64_t) * (size_t)(n_active > 0 ? n_active : 1));
+        if (!starts) failed = 1;
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < n_tiles; t++) {
             const int64_t row0 = t * tile_rows, count = (n - row0) < tile_rows ? (n - row0) : tile_rows;
             const uint64_t *bm = bitmaps + t * k * words;
             const int64_t *off = offsets + t * (k + 1);
-            if (!acc) {
+            if (!acc || !starts) {
                 failed = 1;
             } else if (batch == 1 && variant &&
                        duogpt_variant_tile(variant, bm, values, dtype, off, words, active, n_active, x, exact, acc,
                                            y + row0, count) == 0) {
                 continue;
-            } else if (base_tile(bm, values, dtype, off, k, words, active, n_active, x, batch, acc, y, n, row0, count)) {
+            } else if (base_tile(bm, values, dtype, off, k, words, active, n_active, x, batch, acc, starts, y, n, row0,
+                                 count)) {
                 failed = 1;
             }
         }
         free(acc);
+        free(starts);
     }
     free(active);
     return failed ? -1 : 0;

@@ -6,8 +6,8 @@ expand and shuffle instructions are, whether it has AVX512-BF16, how its prefetc
 column jumps, how large its L1 is. ``plan(n, k, dtype, density)`` answers for one weight shape:
 
 - candidates: the original register-tile path at the default tile, the bfloat16 32-row
-  register tiles (128, 256 rows; with and without vdpbf16ps), and strips (1024, 2048 rows and
-  one strip per thread) with 16-bit and 32-bit expands;
+  register tiles (128, 256 rows; with and without vdpbf16ps), strips (one per thread) with
+  16-bit and 32-bit expands, and the AVX2 byte-shuffle kernels (64-row register tiles, strips);
 - each is timed on a random packed weight of that shape and density (weights in eighths) with
   an input half zeros, every call on weights evicted from the caches first (decode reads each
   layer from memory), in a forward and a reverse pass (drift cancels), median per candidate;
@@ -82,6 +82,9 @@ def candidates(n: int, dtype: torch.dtype, threads: int, default_tile: int) -> l
     if dtype in (torch.float32, torch.bfloat16) and 2 in variants and half > 256:
         head = cpu.VARIANT_PF_HEAD
         out += [Plan(2, half), Plan(2 | head, half), Plan(2 | head, half, 64), Plan(3, half), Plan(3 | head, half)]
+    if 4 in variants:  # AVX2 (avx2.c): 64-row register tiles, strips; with and without software prefetch
+        out += [Plan(4, 64), Plan(4 | cpu.VARIANT_NO_PF, 64)]
+        out += [Plan(5, half), Plan(5 | cpu.VARIANT_NO_PF, half)] if half > 64 else []
     return list(dict.fromkeys(out))
 
 

@@ -26,7 +26,7 @@
 
 /* Bit v: variant v is compiled in; bit VARIANT_NO_DP: vdpbf16ps is available. */
 int duogpt_variants(void) {
-    int mask = 1;
+    int mask = 1 | duogpt_avx2_variants();
 #ifdef HAVE_W16
     mask |= 2 | 4 | 8;
 #endif
@@ -275,9 +275,12 @@ static void strip_dispatch(int v, const uint64_t *bitmaps, const void *values, i
 int duogpt_variant_tile(int variant, const uint64_t *bitmaps, const void *values, int dtype, const int64_t *offsets,
                         int64_t words, const int32_t *active, int64_t n_active, const float *x, int dp, float *acc,
                         float *out, int64_t count) {
-#ifdef HAVE_W16
     const int v = variant & (VARIANT_NO_DP - 1);
     const int pf = variant & VARIANT_NO_PF ? 0 : variant & VARIANT_PF_HEAD ? 1 : 2;
+    if (v == 4 || v == 5)
+        return duogpt_avx2_tile(v, pf != 0, bitmaps, values, dtype, offsets, words, active, n_active, x, acc, out,
+                                count);
+#ifdef HAVE_W16
 #if defined(__AVX512BF16__)
     dp = dp && !(variant & VARIANT_NO_DP);
 #else
@@ -297,8 +300,7 @@ int duogpt_variant_tile(int variant, const uint64_t *bitmaps, const void *values
         return 0;
     }
 #else
-    (void)variant, (void)bitmaps, (void)values, (void)dtype, (void)offsets, (void)words, (void)active;
-    (void)n_active, (void)x, (void)dp, (void)acc, (void)out, (void)count;
+    (void)dp;
 #endif
     return -1;
 }
@@ -362,6 +364,17 @@ double duogpt_stream_sum(const float *p, int64_t n, int nthreads) {
             s3 = _mm512_add_ps(s3, _mm512_loadu_ps(p + i + 48));
         }
         total += _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+#elif defined(__AVX2__)
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        for (; i + 32 <= end; i += 32) {
+            s0 = _mm256_add_ps(s0, _mm256_loadu_ps(p + i));
+            s1 = _mm256_add_ps(s1, _mm256_loadu_ps(p + i + 8));
+            s2 = _mm256_add_ps(s2, _mm256_loadu_ps(p + i + 16));
+            s3 = _mm256_add_ps(s3, _mm256_loadu_ps(p + i + 24));
+        }
+        float part[8];
+        _mm256_storeu_ps(part, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+        for (int l = 0; l < 8; l++) total += part[l];
 #endif
         float rest = 0.0f;
         for (; i < end; i++) rest += p[i];

@@ -1,0 +1,192 @@
+/* Decode-row variants for CPUs with AVX2 but no AVX-512 (variants 4 and 5 in common.h); they
+ * also build, and are timed, where AVX-512 exists. Same packed format as spmspv.c.
+ *
+ * AVX2 has no expand instruction. The original path (variant 0) emulates one per 8 rows with a
+ * permutation table, a mask AND, and sums that go through memory: about ten instructions per
+ * 4 nonzeros at 50% density, so it ran at 0.4-0.5x of the memory roofline and slower than
+ * torch's dense bfloat16 GEMV. Here one 8-row chunk costs a byte shuffle and a multiply-add:
+ *
+ * - bfloat16: the chunk's next 8 values (16 bytes) are loaded into both halves of a ymm and
+ *   one vpshufb places value r in the high half of float32 lane i (r = set bits below i),
+ *   zeros elsewhere: expanded and widened in one instruction (control: 32 bytes per mask,
+ *   8 KiB for all 256 masks).
+ * - float16: the same shuffle to 16-bit lanes, then vcvtph2ps.
+ * - float32: vpermps with a per-mask permutation, then an AND with the mask's lanes.
+ *
+ * Each row's products are added in the active columns' order with one rounding per add, as in
+ * every other variant: all give the same bits.
+ *
+ * Variant 4: tiles of 64 rows, sums in 8 ymm registers; a tile's column segments are adjacent
+ *   in memory, so the active ones are read as one forward sweep with gaps.
+ * Variant 5: strips (one per thread), sums in a per-thread buffer in L1, two columns per pass;
+ *   each active column is one long contiguous run.
+ */
+#include <stdint.h>
+#include <string.h>
+#include "common.h"
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define FAR8 32 /* columns ahead for software prefetch (variant 4) */
+
+static uint8_t bf16_ctrl[256][32] __attribute__((aligned(32)));
+static uint8_t f16_ctrl[256][16] __attribute__((aligned(16)));
+static int32_t f32_perm[256][8] __attribute__((aligned(32)));
+static int32_t f32_keep[256][8] __attribute__((aligned(32)));
+
+__attribute__((constructor)) static void avx2_tables(void) {
+    for (int m = 0; m < 256; m++) {
+        int r = 0;
+        for (int i = 0; i < 8; i++) {
+            const int on = (m >> i) & 1;
+            uint8_t *b = bf16_ctrl[m] + 4 * i;
+            b[0] = b[1] = 0x80;
+            b[2] = on ? (uint8_t)(2 * r) : 0x80;
+            b[3] = on ? (uint8_t)(2 * r + 1) : 0x80;
+            f16_ctrl[m][2 * i] = on ? (uint8_t)(2 * r) : 0x80;
+            f16_ctrl[m][2 * i + 1] = on ? (uint8_t)(2 * r + 1) : 0x80;
+            f32_perm[m][i] = on ? r : 0;
+            f32_keep[m][i] = on ? -1 : 0;
+            r += on;
+        }
+    }
+}
+
+/* 8 rows of one column as float32. ``t`` is the rows' 8-bit mask times the byte size of one
+ * table entry (32; float16: 16): the table offset, and popcount(t) is the number of values. */
+static inline __attribute__((always_inline)) __m256 chunk8(uint64_t t, const char *p, const int DTYPE) {
+    if (DTYPE == DT_F32) {
+        const __m256 v = _mm256_permutevar8x32_ps(_mm256_loadu_ps((const float *)p),
+                                                  _mm256_load_si256((const __m256i *)((const char *)f32_perm + t)));
+        return _mm256_and_ps(v, _mm256_load_ps((const float *)((const char *)f32_keep + t)));
+    }
+    const __m128i h = _mm_loadu_si128((const __m128i *)p);
+    if (DTYPE == DT_F16)
+        return _mm256_cvtph_ps(_mm_shuffle_epi8(h, _mm_load_si128((const __m128i *)((const char *)f16_ctrl + t))));
+    const __m256i both = _mm256_broadcastsi128_si256(h);
+    return _mm256_castsi256_ps(_mm256_shuffle_epi8(both, _mm256_load_si256((const __m256i *)((const char *)bf16_ctrl + t))));
+}
+
+/* One 64-row word of one column: acc[s] += rows 8s..8s+7 times xb. Each byte of the word is
+ * taken already scaled to a table offset (one shift and one AND), its popcount unchanged. */
+static inline __attribute__((always_inline)) void word8(uint64_t word, const char *p, __m256 xb, __m256 *acc,
+                                                        const int DTYPE) {
+    const int64_t esize = DTYPE == DT_F32 ? 4 : 2;
+    const int scale = DTYPE == DT_F16 ? 4 : 5; /* log2 of a table entry's bytes */
+    const uint64_t field = 0xffull << scale;
+    for (int s = 0; s < 8; s++) {
+        const uint64_t t = (s ? word >> (8 * s - scale) : word << scale) & field;
+        acc[s] = _mm256_fmadd_ps(chunk8(t, p, DTYPE), xb, acc[s]);
+        p += __builtin_popcountll(t) * esize;
+    }
+}
+
+/* Variant 4: one 64-row tile, sums in registers, written to out[0:64]. */
+static inline __attribute__((always_inline)) void regs8(const uint64_t *bitmaps, const char *values,
+                                                        const int64_t *offsets, const int32_t *active,
+                                                        int64_t n_active, const float *x, float *out, const int DTYPE,
+                                                        const int PF) {
+    const int64_t esize = DTYPE == DT_F32 ? 4 : 2;
+    __m256 acc[8];
+    for (int s = 0; s < 8; s++) acc[s] = _mm256_setzero_ps();
+    for (int64_t a = 0; a < n_active; a++) {
+        if (PF && a + FAR8 < n_active) {
+            const char *f = values + offsets[active[a + FAR8]] * esize;
+            __builtin_prefetch(f, 0, 1);
+            __builtin_prefetch(f + 64 * (esize / 2), 0, 1);
+        }
+        const int64_t j = active[a];
+        word8(bitmaps[j], values + offsets[j] * esize, _mm256_set1_ps(x[j]), acc, DTYPE);
+    }
+    for (int s = 0; s < 8; s++) _mm256_storeu_ps(out + 8 * s, acc[s]);
+}
+
+/* The next columns' bitmap words and values, whole (strips). */
+static inline void prefetch_segment(const uint64_t *bitmaps, const char *values, int64_t esize,
+                                    const int64_t *offsets, int64_t j, int64_t words) {
+    const char *b = (const char *)(bitmaps + j * words), *v = values + offsets[j] * esize;
+    const char *v_end = values + offsets[j + 1] * esize;
+    for (int64_t c = 0; c < words * 8; c += 64) __builtin_prefetch(b + c, 0, 3);
+    for (; v < v_end; v += 64) __builtin_prefetch(v, 0, 3);
+}
+
+/* Variant 5: a strip of words * 64 rows, sums in acc (L1), two columns per pass. */
+static inline __attribute__((always_inline)) void strip8(const uint64_t *bitmaps, const char *values,
+                                                         const int64_t *offsets, int64_t words, const int32_t *active,
+                                                         int64_t n_active, const float *x, float *acc, const int DTYPE,
+                                                         const int PF) {
+    const int64_t esize = DTYPE == DT_F32 ? 4 : 2;
+    memset(acc, 0, (size_t)words * 256);
+    int64_t a = 0;
+    for (; a < n_active; a += 2) {
+        const int two = a + 1 < n_active;
+        for (int64_t f = a + 4; PF && f < a + 6 && f < n_active; f++)
+            prefetch_segment(bitmaps, values, esize, offsets, active[f], words);
+        const int64_t j0 = active[a], j1 = two ? active[a + 1] : j0;
+        const uint64_t *b0 = bitmaps + j0 * words, *b1 = bitmaps + j1 * words;
+        const char *p0 = values + offsets[j0] * esize, *p1 = values + offsets[j1] * esize;
+        const __m256 x0 = _mm256_set1_ps(x[j0]), x1 = _mm256_set1_ps(x[j1]);
+        for (int64_t w = 0; w < words; w++) {
+            __m256 s[8];
+            for (int c = 0; c < 8; c++) s[c] = _mm256_load_ps(acc + 64 * w + 8 * c);
+            word8(b0[w], p0, x0, s, DTYPE);
+            if (two) word8(b1[w], p1, x1, s, DTYPE);
+            for (int c = 0; c < 8; c++) _mm256_store_ps(acc + 64 * w + 8 * c, s[c]);
+            p0 += __builtin_popcountll(b0[w]) * esize;
+            p1 += __builtin_popcountll(b1[w]) * esize;
+        }
+    }
+}
+
+#define DUOGPT_BY_DTYPE(CALL_F32, CALL_F16, CALL_BF16) \
+    do {                                              \
+        if (dtype == DT_F32) CALL_F32;                \
+        else if (dtype == DT_F16) CALL_F16;           \
+        else CALL_BF16;                               \
+    } while (0)
+
+int duogpt_avx2_tile(int v, int pf, const uint64_t *bitmaps, const void *values, int dtype, const int64_t *offsets,
+                     int64_t words, const int32_t *active, int64_t n_active, const float *x, float *acc, float *out,
+                     int64_t count) {
+    const char *vals = (const char *)values;
+    if (v == 4) {
+        if (words != 1) return -1;
+        float *dst = count == 64 ? out : acc;
+        if (pf)
+            DUOGPT_BY_DTYPE(regs8(bitmaps, vals, offsets, active, n_active, x, dst, DT_F32, 1),
+                            regs8(bitmaps, vals, offsets, active, n_active, x, dst, DT_F16, 1),
+                            regs8(bitmaps, vals, offsets, active, n_active, x, dst, DT_BF16, 1));
+        else
+            DUOGPT_BY_DTYPE(regs8(bitmaps, vals, offsets, active, n_active, x, dst, DT_F32, 0),
+                            regs8(bitmaps, vals, offsets, active, n_active, x, dst, DT_F16, 0),
+                            regs8(bitmaps, vals, offsets, active, n_active, x, dst, DT_BF16, 0));
+        if (dst != out) memcpy(out, acc, (size_t)count * sizeof(float));
+        return 0;
+    }
+    if (v == 5) {
+        if (pf)
+            DUOGPT_BY_DTYPE(strip8(bitmaps, vals, offsets, words, active, n_active, x, acc, DT_F32, 1),
+                            strip8(bitmaps, vals, offsets, words, active, n_active, x, acc, DT_F16, 1),
+                            strip8(bitmaps, vals, offsets, words, active, n_active, x, acc, DT_BF16, 1));
+        else
+            DUOGPT_BY_DTYPE(strip8(bitmaps, vals, offsets, words, active, n_active, x, acc, DT_F32, 0),
+                            strip8(bitmaps, vals, offsets, words, active, n_active, x, acc, DT_F16, 0),
+                            strip8(bitmaps, vals, offsets, words, active, n_active, x, acc, DT_BF16, 0));
+        memcpy(out, acc, (size_t)count * sizeof(float));
+        return 0;
+    }
+    return -1;
+}
+
+int duogpt_avx2_variants(void) { return (1 << 4) | (1 << 5); }
+#else
+int duogpt_avx2_tile(int v, int pf, const uint64_t *bitmaps, const void *values, int dtype, const int64_t *offsets,
+                     int64_t words, const int32_t *active, int64_t n_active, const float *x, float *acc, float *out,
+                     int64_t count) {
+    (void)v, (void)pf, (void)bitmaps, (void)values, (void)dtype, (void)offsets, (void)words, (void)active;
+    (void)n_active, (void)x, (void)acc, (void)out, (void)count;
+    return -1;
+}
+
+int duogpt_avx2_variants(void) { return 0; }
+#endif
