@@ -87,6 +87,41 @@ def test_batched_path_equals_the_masked_dense_product(samples):
     torch.testing.assert_close(x.grad, a.weight.detach().sum(0).expand(20, -1))
 
 
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_batched_half_precision_in_float32_where_the_cpu_has_no_half_matmul(monkeypatch, fast, dtype):
+    """Without a native half-precision matmul the prompt is multiplied in float32 (then rounded to the
+    model's dtype); with one, in the dtype. Either way the product of the packed weight, with its bias."""
+    from types import SimpleNamespace
+
+    from duogpt.runtime import linear as runtime_linear
+    from duogpt.runtime.format import pack
+
+    seen = []
+
+    def spy(x, w, b=None):
+        seen.append(w.dtype)
+        return F.linear(x, w, b)
+
+    monkeypatch.setattr(runtime_linear, "fast_half_matmul", lambda dt, device: fast)
+    monkeypatch.setattr(runtime_linear, "F", SimpleNamespace(linear=spy))
+    gen = torch.Generator().manual_seed(0)
+    W = torch.randn(96, 80, generator=gen).to(dtype)
+    W[torch.rand(96, 80, generator=gen) < 0.5] = 0
+    bias = torch.randn(96, generator=gen).to(dtype)
+    lin = DualSparseLinear(pack(W, 64), bias)
+    x = torch.randn(3, 30, 80, generator=gen).to(dtype)
+    with torch.no_grad():
+        y = lin(x)
+        again = lin(x)  # the widened weight reuses the thread's float32 buffer
+    assert seen == [dtype if fast else torch.float32] * 2
+    assert y.dtype == dtype and y.shape == (3, 30, 96) and torch.equal(y, again)
+    torch.testing.assert_close(y, (x.float() @ W.float().T + bias.float()).to(dtype), rtol=1e-2, atol=2e-2)
+    x.requires_grad_(True)  # with autograd: a weight of its own, gradients flow
+    lin(x).float().sum().backward()
+    torch.testing.assert_close(x.grad.float(), W.float().sum(0).expand(3, 30, -1), rtol=1e-2, atol=2e-2)
+
+
 @pytest.mark.skipif(not triton_spmspv.available(), reason="triton is not installed")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_gpu_branch_under_the_triton_interpreter(samples, monkeypatch, dtype):

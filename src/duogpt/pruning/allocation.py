@@ -43,6 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from duogpt.errors import UsageError
+from duogpt.hardware import fast_half_matmul
 from duogpt.models import GROUPS, Block, find_blocks
 from duogpt.pruning import sparsify
 from duogpt.runtime import costmodel
@@ -212,11 +213,7 @@ def _bfloat16_if_fast(device: torch.device):
     """bfloat16 autocast where the hardware has bfloat16 arithmetic (CUDA, AVX-512 BF16 / AMX CPUs),
     float32 elsewhere: the search needs the ranking of shapes, not digits, and scores about 1.4x
     faster on such a CPU."""
-    if device.type == "cuda":
-        fast = torch.cuda.is_bf16_supported()
-    else:
-        probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-        fast = device.type == "cpu" and probe is not None and bool(probe())
+    fast = device.type in ("cpu", "cuda") and fast_half_matmul(torch.bfloat16, device.type)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast)
 
 

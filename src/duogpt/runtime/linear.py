@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from duogpt.errors import UsageError
+from duogpt.hardware import fast_half_matmul
 from duogpt.models import find_blocks
 from duogpt.runtime.format import DEFAULT_TILE_ROWS, SparseLinear, pack, validate
 from duogpt.runtime.kernels import triton_spmspv, tune
@@ -167,8 +168,19 @@ class DualSparseLinear(nn.Linear):
             y = (y if y.dtype == x.dtype else y.to(x.dtype)).reshape(*x.shape[:-1], self.out_features)
             bias = self.bias
             return y if bias is None else y + bias
-        # with autograd on, the weight must outlive this call (backward reads it): no shared buffer
-        return F.linear(x, self._unpacked(reuse=not grad).to(x.dtype), self.bias)
+        return self._batched(x, reuse=not grad)  # with autograd on, backward reads the weight: no shared buffer
+
+    def _batched(self, x: torch.Tensor, reuse: bool) -> torch.Tensor:
+        """Unpack, then one matmul; in float32 where this machine has no half-precision matmul of its own
+        (hardware.py: there torch's bfloat16 product of a prompt is 4-300x slower than float32's)."""
+        w = self._unpacked(reuse)
+        if w.dtype == torch.float32 or fast_half_matmul(w.dtype, w.device.type):
+            return F.linear(x, w.to(x.dtype), self.bias)
+        n, k = w.shape
+        wide = _SCRATCH.get(n * k, torch.float32, w.device) if reuse else torch.empty(n * k, device=w.device)
+        wide = wide.view(k, n).copy_(w.T).T  # the unpacked weight's own (k, n) layout, widened
+        bias = None if self.bias is None else self.bias.float()
+        return F.linear(x.float(), wide, bias).to(x.dtype)
 
     def extra_repr(self) -> str:
         density = self.nnz / (self.out_features * self.in_features)
