@@ -74,6 +74,17 @@ static inline __attribute__((always_inline)) void word8(uint64_t word, const cha
     const int64_t esize = DTYPE == DT_F32 ? 4 : 2;
     const int scale = DTYPE == DT_F16 ? 4 : 5; /* log2 of a table entry's bytes */
     const uint64_t field = 0xffull << scale;
+    if (word == ~0ull) { /* 64 rows all stored (a dense column, e.g. activation sparsity only): no shuffles */
+        for (int s = 0; s < 8; s++) {
+            __m256 v;
+            if (DTYPE == DT_F32) v = _mm256_loadu_ps((const float *)p + 8 * s);
+            else if (DTYPE == DT_F16) v = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + 8 * s)));
+            else v = _mm256_castsi256_ps(_mm256_slli_epi32(
+                    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + 8 * s))), 16));
+            acc[s] = _mm256_fmadd_ps(v, xb, acc[s]);
+        }
+        return;
+    }
     for (int s = 0; s < 8; s++) {
         const uint64_t t = (s ? word >> (8 * s - scale) : word << scale) & field;
         acc[s] = _mm256_fmadd_ps(chunk8(t, p, DTYPE), xb, acc[s]);
