@@ -73,6 +73,19 @@ def test_small_batches_on_tall_tiles(isa, tile, batch):
     torch.testing.assert_close(CpuSpMSpV(sp, isa=isa, threads=2)(x), spmspv_reference(sp, x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("batch", [2, 7, 16])
+def test_batched_paths_give_the_same_bits(dtype, batch):
+    """The register-blocked batch path (64-row tiles; columns in groups that stay in L2, each group going
+    on from the sums so far) adds every row's products in the same order as the original batched path
+    (flag 128), on a weight wide enough for several groups and a last tile cut short."""
+    W, x = problem(130, 2500, 0.3, 0.2, dtype, batch=batch, seed=batch)
+    sp = pack(W, tile_rows=64)
+    new, base = CpuSpMSpV(sp, threads=2)(x), CpuSpMSpV(sp, threads=2, variant=128)(x)
+    assert torch.equal(new, base)
+    torch.testing.assert_close(new, x @ W.float().T, rtol=1e-3, atol=1e-2 * float(x.abs().sum(1).max()) / 100)
+
+
 def test_dense_weights_fall_back_exactly():
     W, x = problem(200, 50, 0.0, 0.0, torch.float32)
     torch.testing.assert_close(CpuSpMSpV(pack(W))(x[0]), W @ x[0], rtol=1e-5, atol=1e-4)

@@ -149,6 +149,98 @@ static inline __attribute__((always_inline)) void strip8(const uint64_t *bitmaps
     }
 }
 
+/* Batches (2..16 rows), one pass: rows 16q..16q+15 of word w of every active column (two 8-row
+ * chunks, expanded once) times BG batch rows, sums in 2 x BG registers; written to y. */
+static inline __attribute__((always_inline)) void batch_pass(const uint64_t *bitmaps, int64_t words, int64_t w, int q,
+                                                             const char *values, const int64_t *cursor,
+                                                             const int32_t *active, int64_t n_active, const float *x,
+                                                             int64_t k, float *y, int64_t n, int64_t rows_left,
+                                                             int first, const int BG, const int DTYPE) {
+    const int64_t esize = DTYPE == DT_F32 ? 4 : 2;
+    const int scale = DTYPE == DT_F16 ? 4 : 5;
+    const uint64_t field = 0xffull << scale, below = q ? ~0ull >> (64 - 16 * q) : 0;
+    __m256 acc[2][6];
+    for (int b = 0; b < BG; b++) { /* a later group of columns goes on from the sums so far: same order, same bits */
+        float tmp[16] = {0};
+        if (!first) memcpy(tmp, y + b * n, (size_t)(rows_left < 16 ? rows_left : 16) * sizeof(float));
+        acc[0][b] = _mm256_loadu_ps(tmp);
+        acc[1][b] = _mm256_loadu_ps(tmp + 8);
+    }
+    for (int64_t a = 0; a < n_active; a++) {
+        const int64_t j = active[a];
+        const uint64_t word = bitmaps[j * words + w];
+        const char *p = values + (cursor[a] + __builtin_popcountll(word & below)) * esize;
+        const uint64_t t0 = (word >> (16 * q) << scale) & field, t1 = (word >> (16 * q + 8) << scale) & field;
+        const __m256 v0 = chunk8(t0, p, DTYPE), v1 = chunk8(t1, p + __builtin_popcountll(t0) * esize, DTYPE);
+        for (int b = 0; b < BG; b++) {
+            const __m256 xb = _mm256_broadcast_ss(x + b * k + j);
+            acc[0][b] = _mm256_fmadd_ps(v0, xb, acc[0][b]);
+            acc[1][b] = _mm256_fmadd_ps(v1, xb, acc[1][b]);
+        }
+    }
+    for (int b = 0; b < BG; b++) {
+        if (rows_left >= 16) {
+            _mm256_storeu_ps(y + b * n, acc[0][b]);
+            _mm256_storeu_ps(y + b * n + 8, acc[1][b]);
+        } else {
+            float tmp[16];
+            _mm256_storeu_ps(tmp, acc[0][b]);
+            _mm256_storeu_ps(tmp + 8, acc[1][b]);
+            memcpy(y + b * n, tmp, (size_t)rows_left * sizeof(float));
+        }
+    }
+}
+
+#define GROUP_BYTES (160 << 10) /* the values of a group of columns, re-read by every pass, stay in L2 */
+
+static inline __attribute__((always_inline)) void batch_tile(const uint64_t *bitmaps, const char *values,
+                                                             const int64_t *offsets, int64_t k, int64_t words,
+                                                             const int32_t *active, int64_t n_active, const float *x,
+                                                             int64_t batch, int64_t *cursor, float *y, int64_t n,
+                                                             int64_t count, const int DTYPE) {
+    const int64_t esize = DTYPE == DT_F32 ? 4 : 2;
+    for (int64_t a = 0; a < n_active; a++) cursor[a] = offsets[active[a]];
+    for (int64_t w = 0; w < words && 64 * w < count; w++) {
+        for (int64_t a0 = 0, a1; a0 < n_active; a0 = a1) {
+            int64_t bytes = 0;
+            for (a1 = a0; a1 < n_active && bytes < GROUP_BYTES; a1++)
+                bytes += __builtin_popcountll(bitmaps[active[a1] * words + w]) * esize;
+            for (int q = 0; q < 4 && 64 * w + 16 * q < count; q++) {
+                const int64_t r = 64 * w + 16 * q, left = count - r;
+                for (int64_t b0 = 0; b0 < batch; b0 += 6) {
+                    const float *xb = x + b0 * k;
+                    float *yb = y + b0 * n + r;
+                    const int64_t m = a1 - a0;
+                    const int first = a0 == 0;
+#define DUOGPT_PASS(BG) \
+    batch_pass(bitmaps, words, w, q, values, cursor + a0, active + a0, m, xb, k, yb, n, left, first, BG, DTYPE)
+                    switch (batch - b0 < 6 ? batch - b0 : 6) {
+                    case 1: DUOGPT_PASS(1); break;
+                    case 2: DUOGPT_PASS(2); break;
+                    case 3: DUOGPT_PASS(3); break;
+                    case 4: DUOGPT_PASS(4); break;
+                    case 5: DUOGPT_PASS(5); break;
+                    default: DUOGPT_PASS(6);
+                    }
+#undef DUOGPT_PASS
+                }
+            }
+        }
+        for (int64_t a = 0; a < n_active; a++) cursor[a] += __builtin_popcountll(bitmaps[active[a] * words + w]);
+    }
+}
+
+/* Batched rows on AVX2: one tile (any height), rows row0.. of y (batch x n). Returns 0. */
+int duogpt_avx2_batch(const uint64_t *bitmaps, const void *values, int dtype, const int64_t *offsets, int64_t k,
+                      int64_t words, const int32_t *active, int64_t n_active, const float *x, int64_t batch,
+                      int64_t *cursor, float *y, int64_t n, int64_t count) {
+    const char *v = (const char *)values;
+    if (dtype == DT_F32) batch_tile(bitmaps, v, offsets, k, words, active, n_active, x, batch, cursor, y, n, count, DT_F32);
+    else if (dtype == DT_F16) batch_tile(bitmaps, v, offsets, k, words, active, n_active, x, batch, cursor, y, n, count, DT_F16);
+    else batch_tile(bitmaps, v, offsets, k, words, active, n_active, x, batch, cursor, y, n, count, DT_BF16);
+    return 0;
+}
+
 #define DUOGPT_BY_DTYPE(CALL_F32, CALL_F16, CALL_BF16) \
     do {                                              \
         if (dtype == DT_F32) CALL_F32;                \
@@ -196,6 +288,14 @@ int duogpt_avx2_tile(int v, int pf, const uint64_t *bitmaps, const void *values,
                      int64_t count) {
     (void)v, (void)pf, (void)bitmaps, (void)values, (void)dtype, (void)offsets, (void)words, (void)active;
     (void)n_active, (void)x, (void)acc, (void)out, (void)count;
+    return -1;
+}
+
+int duogpt_avx2_batch(const uint64_t *bitmaps, const void *values, int dtype, const int64_t *offsets, int64_t k,
+                      int64_t words, const int32_t *active, int64_t n_active, const float *x, int64_t batch,
+                      int64_t *cursor, float *y, int64_t n, int64_t count) {
+    (void)bitmaps, (void)values, (void)dtype, (void)offsets, (void)k, (void)words, (void)active, (void)n_active;
+    (void)x, (void)batch, (void)cursor, (void)y, (void)n, (void)count;
     return -1;
 }
 

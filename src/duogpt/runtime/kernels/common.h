@@ -21,6 +21,7 @@ enum { DT_F32 = 0, DT_F16 = 1, DT_BF16 = 2 };
 #define VARIANT_NO_DP 16
 #define VARIANT_NO_PF 32
 #define VARIANT_PF_HEAD 64
+#define VARIANT_BATCH_BASE 128 /* batches of 2..16 rows take the original path (sums in memory) */
 #define VARIANT_COUNT 6
 
 /* One tile of one row (variants 1-3). ``acc`` holds the tile's rows (tile_rows floats, 64-byte
@@ -35,4 +36,11 @@ int duogpt_avx2_tile(int v, int pf, const uint64_t *bitmaps, const void *values,
                      int64_t words, const int32_t *active, int64_t n_active, const float *x, float *acc, float *out,
                      int64_t count);
 int duogpt_avx2_variants(void);
+/* Batches of 2..16 rows (avx2.c): one tile into rows row0.. of y (y points at row0); cursor holds n_active
+ * positions. Used for 64-row tiles, where one pass per 16 rows and 6 batch rows keeps its sums in registers
+ * and the tile's segments in L2 (on taller tiles each pass reads scattered pieces: slower than the base
+ * path, measured). Returns 0, or -1 where not compiled. */
+int duogpt_avx2_batch(const uint64_t *bitmaps, const void *values, int dtype, const int64_t *offsets, int64_t k,
+                      int64_t words, const int32_t *active, int64_t n_active, const float *x, int64_t batch,
+                      int64_t *cursor, float *y, int64_t n, int64_t count);
 #endif

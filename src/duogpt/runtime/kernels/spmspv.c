@@ -363,6 +363,10 @@ int duogpt_spmspv(const uint64_t *bitmaps, const void *values, int dtype, const 
                        duogpt_variant_tile(variant, bm, values, dtype, off, words, active, n_active, x, exact, acc,
                                            y + row0, count) == 0) {
                 continue;
+            } else if (batch > 1 && words == 1 && !(variant & VARIANT_BATCH_BASE) && /* taller tiles: passes scatter */
+                       duogpt_avx2_batch(bm, values, dtype, off, k, words, active, n_active, x, batch, starts, y + row0,
+                                         n, count) == 0) {
+                continue;
             } else if (base_tile(bm, values, dtype, off, k, words, active, n_active, x, batch, acc, starts, y, n, row0,
                                  count)) {
                 failed = 1;
