@@ -75,12 +75,15 @@ def test_small_batches_on_tall_tiles(isa, tile, batch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("batch", [2, 7, 16])
-def test_batched_paths_give_the_same_bits(dtype, batch):
-    """The register-blocked batch path (64-row tiles; columns in groups that stay in L2, each group going
-    on from the sums so far) adds every row's products in the same order as the original batched path
-    (flag 128), on a weight wide enough for several groups and a last tile cut short."""
+@pytest.mark.parametrize("tile", [64, 1024])
+def test_batched_paths_give_the_same_bits(dtype, batch, tile):
+    """The register-blocked batch path (columns in groups that stay in L2, each group going on from the
+    sums so far) adds every row's products in the same order as the original batched path (flag 128), on a
+    weight wide enough for several groups, 64-row tiles and a strip, the last tile cut short."""
+    from duogpt.runtime.kernels.cpu import retile
+
     W, x = problem(130, 2500, 0.3, 0.2, dtype, batch=batch, seed=batch)
-    sp = pack(W, tile_rows=64)
+    sp = retile(pack(W, tile_rows=64), tile)
     new, base = CpuSpMSpV(sp, threads=2)(x), CpuSpMSpV(sp, threads=2, variant=128)(x)
     assert torch.equal(new, base)
     torch.testing.assert_close(new, x @ W.float().T, rtol=1e-3, atol=1e-2 * float(x.abs().sum(1).max()) / 100)

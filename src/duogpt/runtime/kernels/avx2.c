@@ -191,27 +191,31 @@ static inline __attribute__((always_inline)) void batch_pass(const uint64_t *bit
     }
 }
 
-#define GROUP_BYTES (160 << 10) /* the values of a group of columns, re-read by every pass, stay in L2 */
+#define GROUP_BYTES (160 << 10) /* a group of columns' segments, re-read by every pass, stay in L2 */
 
+/* Columns in groups whose segments (the tile's whole height) fit GROUP_BYTES; per group, every 16 rows
+ * of every word in passes of up to 6 batch rows. A tile of thousands of rows (a strip) is then read
+ * once from memory, each segment contiguously. */
 static inline __attribute__((always_inline)) void batch_tile(const uint64_t *bitmaps, const char *values,
                                                              const int64_t *offsets, int64_t k, int64_t words,
                                                              const int32_t *active, int64_t n_active, const float *x,
                                                              int64_t batch, int64_t *cursor, float *y, int64_t n,
                                                              int64_t count, const int DTYPE) {
     const int64_t esize = DTYPE == DT_F32 ? 4 : 2;
-    for (int64_t a = 0; a < n_active; a++) cursor[a] = offsets[active[a]];
-    for (int64_t w = 0; w < words && 64 * w < count; w++) {
-        for (int64_t a0 = 0, a1; a0 < n_active; a0 = a1) {
-            int64_t bytes = 0;
-            for (a1 = a0; a1 < n_active && bytes < GROUP_BYTES; a1++)
-                bytes += __builtin_popcountll(bitmaps[active[a1] * words + w]) * esize;
+    for (int64_t a0 = 0, a1; a0 < n_active; a0 = a1) {
+        int64_t bytes = 0;
+        for (a1 = a0; a1 < n_active && bytes < GROUP_BYTES; a1++) {
+            cursor[a1] = offsets[active[a1]];
+            bytes += (offsets[active[a1] + 1] - cursor[a1]) * esize;
+        }
+        const int64_t m = a1 - a0;
+        const int first = a0 == 0;
+        for (int64_t w = 0; w < words && 64 * w < count; w++) {
             for (int q = 0; q < 4 && 64 * w + 16 * q < count; q++) {
                 const int64_t r = 64 * w + 16 * q, left = count - r;
                 for (int64_t b0 = 0; b0 < batch; b0 += 6) {
                     const float *xb = x + b0 * k;
                     float *yb = y + b0 * n + r;
-                    const int64_t m = a1 - a0;
-                    const int first = a0 == 0;
 #define DUOGPT_PASS(BG) \
     batch_pass(bitmaps, words, w, q, values, cursor + a0, active + a0, m, xb, k, yb, n, left, first, BG, DTYPE)
                     switch (batch - b0 < 6 ? batch - b0 : 6) {
@@ -225,8 +229,8 @@ static inline __attribute__((always_inline)) void batch_tile(const uint64_t *bit
 #undef DUOGPT_PASS
                 }
             }
+            for (int64_t a = a0; a < a1; a++) cursor[a] += __builtin_popcountll(bitmaps[active[a] * words + w]);
         }
-        for (int64_t a = 0; a < n_active; a++) cursor[a] += __builtin_popcountll(bitmaps[active[a] * words + w]);
     }
 }
 
