@@ -10,9 +10,10 @@ column jumps, how large its L1 is. ``plan(n, k, dtype, density)`` answers for on
   16-bit and 32-bit expands, and the AVX2 byte-shuffle kernels (64-row register tiles, strips);
 - each is timed on a random packed weight of that shape and density (weights in eighths) with
   an input half zeros, every call on weights evicted from the caches first (decode reads each
-  layer from memory), in a forward and a reverse pass (drift cancels), median per candidate;
+  layer from memory), in two rounds of a forward and a reverse pass (a machine's speed drifts by
+  tens of percent within a minute; the drift cancels), 16 calls, median per candidate;
 - the fastest is cached in ``tune.json`` beside the built kernel, keyed by CPU model, shape,
-  dtype, density and threads: a machine measures each shape once (about a second for a 7B
+  dtype, density and threads: a machine measures each shape once (2-6 s for a 7B
   shape), later loads read the file.
 
 ``DUOGPT_KERNEL_PLAN``: ``auto`` (default, as above), ``off`` (the original path at the stored
@@ -37,7 +38,8 @@ from duogpt.runtime.format import SparseLinear, segment_offsets
 from duogpt.runtime.kernels import cpu
 
 PLAN_ENV = "DUOGPT_KERNEL_PLAN"
-ROUNDS = 12
+ROUNDS = 16
+PASSES = 2  # forward and reverse passes over the candidates, each this many times
 CACHE_FILE = "tune.json"
 
 
@@ -138,11 +140,11 @@ def measure(n: int, k: int, dtype: torch.dtype, density: float, plans: list[Plan
     base = random_packed(n, k, dtype, density)
     x = _input(k, dtype)
     times: dict[Plan, list[float]] = {p: [] for p in plans}
-    for order in (plans, plans[::-1]):
+    for order in (plans, plans[::-1]) * PASSES:
         for p in order:
             kernel = cpu.CpuSpMSpV(cpu.retile(base, p.tile_rows, p.align), threads=threads, variant=p.variant)
             kernel(x)  # warm the code path
-            times[p] += _time(kernel, x, ROUNDS // 2)
+            times[p] += _time(kernel, x, ROUNDS // (2 * PASSES))
     return {p: statistics.median(t) for p, t in times.items()}
 
 
