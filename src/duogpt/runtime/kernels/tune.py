@@ -12,8 +12,8 @@ column jumps, how large its L1 is. ``plan(n, k, dtype, density)`` answers for on
   an input half zeros, every call on weights evicted from the caches first (decode reads each
   layer from memory), in two rounds of a forward and a reverse pass (a machine's speed drifts by
   tens of percent within a minute; the drift cancels), 16 calls, median per candidate;
-- the fastest is cached in ``tune.json`` beside the built kernel, keyed by CPU model, shape,
-  dtype, density and threads: a machine measures each shape once (2-6 s for a 7B
+- the fastest is cached in ``tune.json`` beside the built kernel, keyed by the tuner's version,
+  CPU model, shape, dtype, density and threads: a machine measures each shape once (2-6 s for a 7B
   shape), later loads read the file.
 
 ``DUOGPT_KERNEL_PLAN``: ``auto`` (default, as above), ``off`` (the original path at the stored
@@ -40,6 +40,7 @@ from duogpt.runtime.kernels import cpu
 PLAN_ENV = "DUOGPT_KERNEL_PLAN"
 ROUNDS = 16
 PASSES = 2  # forward and reverse passes over the candidates, each this many times
+TUNE_VERSION = 2  # part of the cache key: plans measured by an older candidate list or method are measured again
 CACHE_FILE = "tune.json"
 
 
@@ -189,7 +190,7 @@ def _plan_cached(n: int, k: int, dtype: torch.dtype, eighths: int, default_tile:
     plans = candidates(n, dtype, threads, default_tile)
     if len(plans) == 1:
         return plans[0]
-    key = f"{cpu.cpu_model()}|{n}x{k}|{str(dtype).replace('torch.', '')}|{eighths}/8|{threads}t"
+    key = f"v{TUNE_VERSION}|{cpu.cpu_model()}|{n}x{k}|{str(dtype).replace('torch.', '')}|{eighths}/8|{threads}t"
     entry = _read_cache().get(key)
     if entry is not None:
         return Plan(int(entry["variant"]), int(entry["tile_rows"]), int(entry.get("align", 0)))
