@@ -355,27 +355,10 @@ double duogpt_stream_sum(const float *p, int64_t n, int nthreads) {
     for (int64_t c = 0; c < (n + 4095) / 4096; c++) {
         const int64_t start = c * 4096, end = start + 4096 < n ? start + 4096 : n;
         int64_t i = start;
-#if defined(__AVX512F__)
-        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-        for (; i + 64 <= end; i += 64) {
-            s0 = _mm512_add_ps(s0, _mm512_loadu_ps(p + i));
-            s1 = _mm512_add_ps(s1, _mm512_loadu_ps(p + i + 16));
-            s2 = _mm512_add_ps(s2, _mm512_loadu_ps(p + i + 32));
-            s3 = _mm512_add_ps(s3, _mm512_loadu_ps(p + i + 48));
-        }
-        total += _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
-#elif defined(__AVX2__)
-        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-        for (; i + 32 <= end; i += 32) {
-            s0 = _mm256_add_ps(s0, _mm256_loadu_ps(p + i));
-            s1 = _mm256_add_ps(s1, _mm256_loadu_ps(p + i + 8));
-            s2 = _mm256_add_ps(s2, _mm256_loadu_ps(p + i + 16));
-            s3 = _mm256_add_ps(s3, _mm256_loadu_ps(p + i + 24));
-        }
-        float part[8];
-        _mm256_storeu_ps(part, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
-        for (int l = 0; l < 8; l++) total += part[l];
-#endif
+        float lanes[64] = {0}; /* 64 independent sums: the compiler turns the inner loop into vector adds */
+        for (; i + 64 <= end; i += 64)
+            for (int l = 0; l < 64; l++) lanes[l] += p[i + l];
+        for (int l = 0; l < 64; l++) total += lanes[l];
         float rest = 0.0f;
         for (; i < end; i++) rest += p[i];
         total += rest;
