@@ -195,3 +195,12 @@ def test_flush_keeps_the_data():
     t = torch.arange(10_000, dtype=torch.float32)
     assert flush(t) in (True, False)
     assert torch.equal(t, torch.arange(10_000, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("isa", list(ISA_FLAGS))
+@pytest.mark.parametrize("n", [1, 63, 4096, 10_001])
+def test_bandwidth_probe_sums_every_element(isa, n):
+    from duogpt.runtime.kernels.cpu import stream_sum
+
+    t = torch.arange(n, dtype=torch.float32) % 7  # small integers: every order sums exactly
+    assert stream_sum(t, threads=2, isa=isa) == float(t.sum())
