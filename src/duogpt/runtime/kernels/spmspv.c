@@ -364,7 +364,6 @@ int duogpt_spmspv(const uint64_t *bitmaps, const void *values, int dtype, const 
         const int64_t acc_floats = tile_rows > batch * block ? tile_rows : batch * block;
         float *acc = (float *)aligned_alloc(64, sizeof(float) * (size_t)acc_floats);
         int64_t *starts = (int64_t *)malloc(sizeof(int64_t) * (size_t)(n_active > 0 ? n_active : 1));
-        if (!starts) failed = 1;
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < n_tiles; t++) {
             const int64_t row0 = t * tile_rows, count = (n - row0) < tile_rows ? (n - row0) : tile_rows;
