@@ -103,22 +103,12 @@ static inline __attribute__((always_inline)) void regs8(const uint64_t *bitmaps,
     for (int64_t a = 0; a < n_active; a++) {
         if (PF && a + FAR8 < n_active) {
             const char *f = values + offsets[active[a + FAR8]] * esize;
-            __builtin_prefetch(f, 0, 1);
-            __builtin_prefetch(f + 64 * (esize / 2), 0, 1);
+            for (int c = 0; c <= 32 * esize; c += 64) __builtin_prefetch(f + c, 0, 1); /* a half-full segment's lines */
         }
         const int64_t j = active[a];
         word8(bitmaps[j], values + offsets[j] * esize, _mm256_set1_ps(x[j]), acc, DTYPE);
     }
     for (int s = 0; s < 8; s++) _mm256_storeu_ps(out + 8 * s, acc[s]);
-}
-
-/* The next columns' bitmap words and values, whole (strips). */
-static inline void prefetch_segment(const uint64_t *bitmaps, const char *values, int64_t esize,
-                                    const int64_t *offsets, int64_t j, int64_t words) {
-    const char *b = (const char *)(bitmaps + j * words), *v = values + offsets[j] * esize;
-    const char *v_end = values + offsets[j + 1] * esize;
-    for (int64_t c = 0; c < words * 8; c += 64) __builtin_prefetch(b + c, 0, 3);
-    for (; v < v_end; v += 64) __builtin_prefetch(v, 0, 3);
 }
 
 /* Variant 5: a strip of words * 64 rows, sums in acc (L1), two columns per pass. */

@@ -24,6 +24,15 @@ enum { DT_F32 = 0, DT_F16 = 1, DT_BF16 = 2 };
 #define VARIANT_BATCH_BASE 128 /* batches of 2..16 rows take the original path (sums in memory) */
 #define VARIANT_COUNT 6
 
+/* Prefetch column j's bitmap words and all its values (a strip's coming column). */
+static inline void prefetch_segment(const uint64_t *bitmaps, const char *values, int64_t esize,
+                                    const int64_t *offsets, int64_t j, int64_t words) {
+    const char *b = (const char *)(bitmaps + j * words), *v = values + offsets[j] * esize;
+    const char *v_end = values + offsets[j + 1] * esize;
+    for (int64_t c = 0; c < words * 8; c += 64) __builtin_prefetch(b + c, 0, 3);
+    for (; v < v_end; v += 64) __builtin_prefetch(v, 0, 3);
+}
+
 /* One tile of one row (variants 1-3). ``acc`` holds the tile's rows (tile_rows floats, 64-byte
  * aligned, any contents); the product is written to out[0:count]. ``dp`` says the active x are
  * exact in bfloat16. Returns 0 when handled, -1 when the variant does not apply here. */

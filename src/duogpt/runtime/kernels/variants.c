@@ -124,16 +124,14 @@ static inline __attribute__((always_inline)) void regs_bf16(const uint64_t *bitm
 static inline __attribute__((always_inline)) void prefetch_column(const uint64_t *bitmaps, const char *values,
                                                                   int64_t esize, const int64_t *offsets, int64_t j,
                                                                   int64_t words, const int PF) {
-    const char *b = (const char *)(bitmaps + j * words), *v = values + offsets[j] * esize;
     if (PF == 1) {
-        __builtin_prefetch(b, 0, 3);
+        const char *v = values + offsets[j] * esize;
+        __builtin_prefetch(bitmaps + j * words, 0, 3);
         __builtin_prefetch(v, 0, 3);
         __builtin_prefetch(v + 64, 0, 3);
         return;
     }
-    const char *v_end = values + offsets[j + 1] * esize;
-    for (int64_t c = 0; c < words * 8; c += 64) __builtin_prefetch(b + c, 0, 3);
-    for (; v < v_end; v += 64) __builtin_prefetch(v, 0, 3);
+    prefetch_segment(bitmaps, values, esize, offsets, j, words);
 }
 
 /* Variant 2, bfloat16: a strip of words * 64 rows, two columns per pass over the pair-layout sums. */
