@@ -1,20 +1,15 @@
 #!/usr/bin/env bash
-# All GPU checks in one run, no network: the Triton kernel tests on the device, bfloat16
-# dense GEMV vs the Triton kernel at Llama-2-7B shapes, then end-to-end decode of a 7B-shaped
-# stack (4 blocks, 50/50) on the GPU: dense model vs the sparse runtime. Results under $OUT
-# (default runs/gpu). Expects the venv (with triton) to be carried along.
-set -euo pipefail
+# All GPU checks in one run, no network, on the machine's own python3 (torch, triton, transformers):
+# `duogpt bench gpu` (launch-shape sweep, dense cuBLAS vs the Triton kernel at Llama-2-7B shapes, a
+# 7B-shaped stack per token and in greedy decoding), then the Triton kernel tests on the device
+# (TESTS: a -k selection; each launch shape and dtype compiles anew). Results under $OUT (default runs/gpu).
+set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu}
+PY=${PYTHON:-python3}
 mkdir -p "$OUT"
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
-.venv/bin/python -m pytest -q tests/runtime/test_kernels_triton.py tests/test_checkpoint.py 2>&1 | tee "$OUT/triton-tests.txt"
-.venv/bin/python - "$OUT" <<'PY'
-import json, sys
-from duogpt.runtime import bench
-result = bench.gemv_gpu()
-open(f"{sys.argv[1]}/gemv-gpu.json", "w").write(json.dumps(result, indent=1))
-result = bench.decode(None, layers=4, device="cuda")
-open(f"{sys.argv[1]}/decode-gpu.json", "w").write(json.dumps(result, indent=1))
-open(f"{sys.argv[1]}/decode-gpu.md", "w").write(bench.decode_markdown(result))
-PY
+export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 DUOGPT_KERNEL_PLAN=off
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+$PY -m duogpt bench gpu --json "$OUT/gpu-check.json" --markdown "$OUT/gpu-check.md" 2>&1 | tee "$OUT/gpu-check.log"
+$PY -m pytest -q -p no:cacheprovider tests/runtime/test_kernels_triton.py ${TESTS:+-k "$TESTS"} 2>&1 | tail -15 \
+    | tee "$OUT/triton-tests.txt"

@@ -16,7 +16,6 @@ from duogpt.logs import muted
 from duogpt.pruning.pipeline import prune_model
 from duogpt.pruning.sparsify import install
 from duogpt.report import markdown
-from duogpt.runtime.format import DEFAULT_TILE_ROWS, pack
 from duogpt.runtime.generate import greedy
 from duogpt.runtime.kernels.cpu import CpuSpMSpV, cpu_model
 from duogpt.runtime.linear import to_sparse_runtime
@@ -276,54 +275,3 @@ def decode_markdown(result: dict) -> str:
         f"{result['new_tokens']} new tokens, median of {result['rounds']} interleaved rounds.{roof}\n\n"
         + markdown(head, rows)
     )
-
-
-def gemv_gpu(
-    shapes=None, sparsities=None, repeats: int = 200, tile_rows: int = DEFAULT_TILE_ROWS, progress=print
-) -> dict:
-    """bfloat16 dense ``torch`` GEMV vs the Triton kernel on a CUDA device (CUDA-event timing)."""
-    from duogpt.runtime.kernels import triton_spmspv  # imports triton
-
-    if not torch.cuda.is_available():
-        raise RuntimeError("gemv_gpu needs a CUDA device")
-    shapes = shapes or LLAMA7B_SHAPES
-    sparsities = sparsities or SPARSITIES
-    records = []
-    for shape in shapes:
-        for pw, px in sparsities:
-            W, x = random_problem(shape, pw, px, torch.bfloat16)
-            sp = pack(W, tile_rows=tile_rows)
-            Wd, xd = W.cuda(), x.to(torch.bfloat16).cuda()
-            spd = type(sp)(sp.bitmaps.cuda(), sp.values.cuda(), sp.offsets.cuda(), sp.shape, sp.tile_rows)
-            xs = x.cuda()
-
-            def run(fn):
-                fn()
-                torch.cuda.synchronize()
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                for _ in range(repeats):
-                    fn()
-                end.record()
-                torch.cuda.synchronize()
-                return start.elapsed_time(end) / repeats
-
-            dense_ms = run(lambda Wd=Wd, xd=xd: torch.mv(Wd, xd))
-            sparse_ms = run(lambda spd=spd, xs=xs: triton_spmspv.spmspv(spd, xs))
-            err = float((triton_spmspv.spmspv(spd, xs).cpu() - W.float() @ x).abs().max())
-            rec = {
-                "shape": list(shape),
-                "dtype": "bfloat16",
-                "p_w": pw,
-                "p_x": px,
-                "dense_ms": dense_ms,
-                "sparse_ms": sparse_ms,
-                "speedup": dense_ms / sparse_ms,
-                "max_abs_error": err,
-            }
-            records.append(rec)
-            progress(
-                f"GPU {shape} pw={pw} px={px}: dense {dense_ms:.4f} ms, triton {sparse_ms:.4f} ms, "
-                f"{rec['speedup']:.2f}x"
-            )
-    return {"kind": "gemv_gpu", "device": torch.cuda.get_device_name(), "repeats": repeats, "records": records}
