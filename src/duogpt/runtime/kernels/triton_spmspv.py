@@ -6,16 +6,23 @@ can be captured in a CUDA graph). The grid is (row tiles, column chunks, row gro
 It finds the chunk's active columns (``x_j != 0`` in any of its rows): with ``COMPACT`` it
 compacts their indices first (a prefix count, through a small scratch row), otherwise it walks
 every column of the chunk and masks the inactive ones. Then, ``COLS`` active columns at a time,
-it turns each column's bitmap words into per-row flags, finds each row's value at
-``offsets[t, j] + (flags up to and including the row) - 1`` (a prefix count along the tile),
-loads only the flagged values, and accumulates ``W[rows, cols] @ x[cols]`` in float32: a sum
-for one row, a ``tl.dot`` for a group of ``GROUP`` rows (each chunk's values read once for the
-group; float32 operands for float32 weights). Partial sums of the chunks go to ``y`` (float32, zeroed) by atomic adds.
+it finds each flagged row's value in the column's segment and loads only those:
+
+- one row: the bitmap is read as 32-bit halves; row r's value is at ``offsets[t, j]`` + the set
+  bits of the halves before its half + ``popc(half & ((1 << (r % 32)) - 1))``; each thread keeps
+  ``R`` rows of one column, and the products stay per column in registers until the end;
+- a group of rows: the position is a prefix count of the flags along the tile, and the chunk's
+  values are multiplied with the group's inputs by one ``tl.dot`` (read once for the group;
+  float32 operands for float32 weights).
+
+Partial sums of the chunks go to ``y`` (float32, zeroed) by atomic adds. A linear's nonzeros
+are indexed in int32 (fewer than 2^31 per linear: any shape up to 46k x 46k).
 
 Unpack (the batched path's weight): one program per (tile, column) segment writes that
 column's rows of the transposed (k, n) matrix, so its stores are contiguous.
 
-Both run on a GPU, or on the CPU under ``TRITON_INTERPRET=1`` (which is how CI tests them).
+Both run on a GPU, or on the CPU under ``TRITON_INTERPRET=1`` (which is how CI tests them; the
+popcount is then a bit-parallel sum, the hardware ``popc`` being a GPU instruction).
 """
 
 from __future__ import annotations
@@ -274,6 +281,8 @@ def spmspv(
         raise UsageError(f"the GPU kernels take tiles of 64, 128, 256... rows, not {sp.tile_rows}: re-export")
     if rows > MAX_GROUP:
         raise UsageError(f"the GPU product takes at most {MAX_GROUP} rows, got {rows}: use the batched path")
+    if sp.values.numel() >= 2**31:
+        raise UsageError(f"a linear of {sp.values.numel()} nonzeros is past the GPU kernel's int32 index: split it")
     config = config or choose_config(sp, rows)
     group = 1 if rows == 1 else MAX_GROUP
     grid = (sp.n_tiles, -(-k // config.chunk), 1)  # one group: rows <= MAX_GROUP
