@@ -143,6 +143,21 @@ def random_llama(layers: int, dtype: torch.dtype, hidden=4096, ffn=11008, heads=
     return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
 
 
+def pruned_stack(layers: int, dtype: torch.dtype, gen: torch.Generator, **shape):
+    """A random 7B-shaped stack pruned 50/50 by magnitude (calibration drawn from ``gen``): the masked
+    dense model and its sparse runtime, both with the activation sparsifiers, on the CPU."""
+    model = random_llama(layers, dtype, **shape)
+    samples = torch.randint(0, model.config.vocab_size, (4, 64), generator=gen)
+    cfg = PruneConfig(method="magnitude", weight_sparsity=0.5, act_sparsity=0.5, nsamples=4, seqlen=64)
+    with muted():  # no per-linear log lines for the synthetic stack
+        result = prune_model(model, samples, cfg, progress=False)
+    sparse_model = random_llama(layers, dtype, **shape)
+    sparse_model.load_state_dict(model.state_dict())
+    to_sparse_runtime(sparse_model)
+    install(sparse_model, result.thresholds)
+    return model, sparse_model
+
+
 def decode(
     checkpoint: str | None = None,
     layers: int = 4,
@@ -170,16 +185,8 @@ def decode(
         )
         records[-1].update(_roofline(bytes_per_token, bandwidth, sparse))
         progress(_decode_line(records[-1]))
-    model = random_llama(layers, dtype, **shape)
     gen = torch.Generator().manual_seed(0)
-    samples = torch.randint(0, model.config.vocab_size, (4, 64), generator=gen)
-    cfg = PruneConfig(method="magnitude", weight_sparsity=0.5, act_sparsity=0.5, nsamples=4, seqlen=64)
-    with muted():  # no per-linear log lines for the synthetic stack
-        result = prune_model(model, samples, cfg, progress=False)
-    sparse_model = random_llama(layers, dtype, **shape)
-    sparse_model.load_state_dict(model.state_dict())
-    to_sparse_runtime(sparse_model)
-    install(sparse_model, result.thresholds)
+    model, sparse_model = pruned_stack(layers, dtype, gen, **shape)
     ids = torch.randint(0, model.config.vocab_size, (1, 16), generator=gen).to(device)
     model, sparse_model = model.to(device), sparse_model.to(device)
     dense, sparse, t_dense, t_sparse = decode_rates(model, sparse_model, ids, new_tokens, rounds)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from duogpt.errors import UsageError
 from duogpt.report import markdown
-from duogpt.runtime.bench import LLAMA7B_SHAPES, random_problem
+from duogpt.runtime.bench import LLAMA7B_SHAPES, decode_rates, linear_bytes, pruned_stack, random_problem
 from duogpt.runtime.format import pack
 
 GPU_SPARSITIES = [(0.5, 0.5), (0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (0.7, 0.5)]
@@ -46,7 +46,7 @@ def gpu(parts=PARTS, layers: int = 4, progress=print, saved=None) -> dict:
     per_tile = result["best_by_tile"] = {str(t): v for t, v in best_by_tile(sweep).items()}
     _save(saved, result)
     if "gemv" in parts:
-        choice = best or {s: (t, c) for s in LLAMA7B_SHAPES for t, c in [(256, triton_spmspv.DEFAULT_CONFIGS[256])]}
+        choice = best or {s: (256, triton_spmspv.DEFAULT_CONFIGS[256]) for s in LLAMA7B_SHAPES}
         result["parts"]["gemv"] = gemv(choice, result["bandwidth_gbps"], progress=progress)
         _save(saved, result)
     if "stack" in parts:
@@ -68,15 +68,7 @@ def read_bandwidth_gbps(gib: float = 2.0, repeats: int = 7) -> float:
     """Bytes per second of a sum over a large float32 tensor (median of ``repeats``), in GB/s."""
     a = torch.ones(int(gib * 2**30) // 4, device="cuda")
     a.sum()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        a.sum()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return a.numel() * 4 / statistics.median(times) / 1e9
+    return a.numel() * 4 / (_timed(a.sum, 1, repeats) / 1e3) / 1e9
 
 
 def copies_for(nbytes: int) -> int:
@@ -253,25 +245,11 @@ def _gemv_line(r: dict) -> str:
 def stack_per_token(layers: int = 4, progress=print) -> dict:
     """A 7B-shaped stack pruned 50/50 (magnitude): one token's forward, dense vs the sparse runtime,
     graph-captured (falls back to eager alone if the model's forward cannot be captured)."""
-    from duogpt.config import PruneConfig
-    from duogpt.logs import muted
-    from duogpt.pruning.pipeline import prune_model
-    from duogpt.pruning.sparsify import install, uninstall
-    from duogpt.runtime.bench import decode_rates, random_llama
-    from duogpt.runtime.linear import to_sparse_runtime
+    from duogpt.pruning.sparsify import uninstall
 
-    dtype = torch.bfloat16
-    dense = random_llama(layers, dtype)
     gen = torch.Generator().manual_seed(0)
-    samples = torch.randint(0, dense.config.vocab_size, (4, 64), generator=gen)
-    cfg = PruneConfig(method="magnitude", weight_sparsity=0.5, act_sparsity=0.5, nsamples=4, seqlen=64)
     t0 = time.perf_counter()
-    with muted():
-        result = prune_model(dense, samples, cfg, progress=False)
-    sparse = random_llama(layers, dtype)
-    sparse.load_state_dict(dense.state_dict())
-    to_sparse_runtime(sparse)
-    install(sparse, result.thresholds)
+    dense, sparse = pruned_stack(layers, torch.bfloat16, gen)
     dense, sparse = dense.cuda(), sparse.cuda()
     progress(f"stack ready in {time.perf_counter() - t0:.0f} s")
     ids = torch.randint(0, dense.config.vocab_size, (1, 1), generator=gen).cuda()
@@ -295,7 +273,7 @@ def stack_per_token(layers: int = 4, progress=print) -> dict:
     for mode in ("eager", "graph"):
         if f"dense_{mode}_ms" in out and f"sparse_{mode}_ms" in out:
             out[f"{mode}_speedup"] = out[f"dense_{mode}_ms"] / out[f"sparse_{mode}_ms"]
-    out["linear_bytes_dense"] = sum(m.weight.numel() * 2 for m in dense.modules() if isinstance(m, torch.nn.Linear))
+    out["linear_bytes_dense"] = linear_bytes(dense)
     progress(f"stack per token: {out}")
     return out
 
