@@ -74,12 +74,12 @@ def test_default_config_and_override(monkeypatch):
     monkeypatch.delenv(triton_spmspv.CONFIG_ENV, raising=False)
     sp = pack(torch.randn(4096, 4096), 256)
     default = triton_spmspv.DEFAULT_CONFIGS[256]
-    assert triton_spmspv.choose_config(sp, 1) == default  # 16 tiles x 32 chunks of 128: 512 programs
-    small = triton_spmspv.choose_config(pack(torch.randn(576, 576), 64), 1)
+    assert triton_spmspv.choose_config(sp) == default  # 16 tiles x 32 chunks of 128: 512 programs
+    small = triton_spmspv.choose_config(pack(torch.randn(576, 576), 64))
     assert (small.chunk, small.rows_per_thread) == (64, triton_spmspv.DEFAULT_CONFIGS[64].rows_per_thread)
     monkeypatch.setenv(triton_spmspv.CONFIG_ENV, "32,512,8,0,4")
-    assert triton_spmspv.choose_config(sp, 1) == Config(32, 512, 8, False, 4)
+    assert triton_spmspv.choose_config(sp) == Config(32, 512, 8, False, 4)
     for bad in ("32,512,8,1", "24,512,8,1,1", "8,512,8,1,1", "64,32,4,1,1", "16,64,4,1,3", "16,64,4,1,64"):
         monkeypatch.setenv(triton_spmspv.CONFIG_ENV, bad)
         with pytest.raises(UsageError, match=triton_spmspv.CONFIG_ENV):
-            triton_spmspv.choose_config(sp, 1)
+            triton_spmspv.choose_config(sp)

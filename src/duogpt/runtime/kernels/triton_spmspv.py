@@ -254,7 +254,7 @@ def _wide_dot(dtype: torch.dtype) -> bool:
     return dtype == torch.float32 or (dtype == torch.bfloat16 and _interpreting())
 
 
-def choose_config(sp: SparseLinear, rows: int) -> Config:
+def choose_config(sp: SparseLinear) -> Config:
     """``DUOGPT_GPU_CONFIG`` if set, else the launch shape for the stored tile height (``DEFAULT_CONFIGS``),
     its chunks narrowed so a small weight still gives the GPU about 512 programs (four per multiprocessor)."""
     text = os.environ.get(CONFIG_ENV)
@@ -283,12 +283,12 @@ def spmspv(
         raise UsageError(f"the GPU product takes at most {MAX_GROUP} rows, got {rows}: use the batched path")
     if sp.values.numel() >= 2**31:
         raise UsageError(f"a linear of {sp.values.numel()} nonzeros is past the GPU kernel's int32 index: split it")
-    config = config or choose_config(sp, rows)
+    config = config or choose_config(sp)
     group = 1 if rows == 1 else MAX_GROUP
     grid = (sp.n_tiles, -(-k // config.chunk), 1)  # one group: rows <= MAX_GROUP
     y = torch.zeros(rows, n, dtype=torch.float32, device=device)
-    scratch = torch.empty(grid[0] * grid[1] * grid[2] * config.chunk if config.compact else 1, dtype=torch.int32,
-                          device=device)  # fmt: skip
+    slots = grid[0] * grid[1] * config.chunk if config.compact else 1  # a scratch row per program
+    scratch = torch.empty(slots, dtype=torch.int32, device=device)
     _spmspv_kernel[grid](
         sp.bitmaps.view(torch.int32).to(device), sp.values.to(device), sp.offsets.to(device), xs, y, scratch,
         n, k, rows, TILE=sp.tile_rows, CHUNK=config.chunk, COLS=config.cols, GROUP=group, COMPACT=config.compact,
