@@ -37,6 +37,7 @@ from duogpt.runtime.format import unpack
 from duogpt.runtime.linear import (
     RUNTIMES,
     DualSparseLinear,
+    decode_paths,
     load_packed,
     packed_form,
     read_packed,
@@ -245,6 +246,8 @@ def load_compact(path: str | Path, runtime: str = "sparse"):
     missing = [n for n, p in model.named_parameters() if p.is_meta]
     if missing:
         raise UsageError(f"{path} has no tensor {missing[0]!r}: the checkpoint does not match its config.json")
+    if runtime == "sparse":
+        decode_paths(model)
     tokenizer = _tokenizer(path)
     memory.trim()  # the reads' temporaries are done: hand their heap back
     return model, tokenizer

@@ -5,8 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from duogpt.errors import UsageError
 from duogpt.runtime.format import pack, spmspv_reference
-from duogpt.runtime.kernels.cpu import ISA_FLAGS, CpuSpMSpV, unpack_into, variants_available
+from duogpt.runtime.kernels.cpu import (
+    ISA_FLAGS,
+    CpuGroupSpMSpV,
+    CpuSpMSpV,
+    dense_row,
+    retile,
+    unpack_into,
+    variants_available,
+)
 
 TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 
@@ -66,7 +75,6 @@ def test_small_batches(isa, batch):
 def test_small_batches_on_tall_tiles(isa, tile, batch):
     """A batch on a weight re-tiled for batch 1 (strips of thousands of rows) is summed in blocks of
     256 rows, each column's position carried from block to block; the last tile is cut short."""
-    from duogpt.runtime.kernels.cpu import retile
 
     W, x = problem(1000, 70, 0.5, 0.5, torch.float32, batch=batch, seed=5)
     sp = retile(pack(W, tile_rows=64), tile)
@@ -80,7 +88,6 @@ def test_batched_paths_give_the_same_bits(dtype, batch, tile):
     """The register-blocked batch path (columns in groups that stay in L2, each group going on from the
     sums so far) adds every row's products in the same order as the original batched path (flag 128), on a
     weight wide enough for several groups, 64-row tiles and a strip, the last tile cut short."""
-    from duogpt.runtime.kernels.cpu import retile
 
     W, x = problem(130, 2500, 0.3, 0.2, dtype, batch=batch, seed=batch)
     sp = retile(pack(W, tile_rows=64), tile)
@@ -142,7 +149,6 @@ def test_every_variant_gives_the_same_bits(isa, dtype, tile, exact_x):
     (vdpbf16ps with a zero partner is such an add), so they agree bit for bit, on any tile height,
     bfloat16-exact inputs (the vdpbf16ps path) or not (shift + FMA), and match the reference; on
     the native build and on the AVX2 one (variants 4 and 5 run on both)."""
-    from duogpt.runtime.kernels.cpu import retile
 
     W, x = problem(700, 90, 0.5, 0.4, dtype, seed=2)
     x = x[0].to(torch.bfloat16).float() if exact_x else x[0]
@@ -157,7 +163,6 @@ def test_every_variant_gives_the_same_bits(isa, dtype, tile, exact_x):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_variants_on_full_empty_and_single_chunks(isa, dtype):
     """Chunks with every row set, none set, one set; a last tile cut short; one active column."""
-    from duogpt.runtime.kernels.cpu import retile
 
     gen = torch.Generator().manual_seed(4)
     W = torch.randn(200, 40, generator=gen).to(dtype)
@@ -176,7 +181,6 @@ def test_variants_on_full_empty_and_single_chunks(isa, dtype):
 @pytest.mark.parametrize("shape", [(700, 90), (64, 3), (1, 5), (2049, 17)])
 def test_retile_is_exact_and_reversible(dtype, shape):
     from duogpt.runtime.format import unpack, validate
-    from duogpt.runtime.kernels.cpu import retile
 
     W, _ = problem(*shape, 0.6, 0.0, dtype, seed=3)
     sp = pack(W, tile_rows=256)
@@ -204,3 +208,73 @@ def test_bandwidth_probe_sums_every_element(isa, n):
 
     t = torch.arange(n, dtype=torch.float32) % 7  # small integers: every order sums exactly
     assert stream_sum(t, threads=2, isa=isa) == float(t.sum())
+
+
+@pytest.mark.parametrize("isa", list(ISA_FLAGS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("batch", [1, 3, 16])
+def test_group_product_gives_each_members_own_bits(isa, dtype, batch):
+    """Members of different heights, tile heights and variants side by side in one call: each member's
+    columns hold exactly what its own kernel gives (the same tile paths run), for batch 1 and batches."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(batch, 96, generator=gen)
+    x[torch.rand(batch, 96, generator=gen) < 0.5] = 0
+    shapes = [(300, 0.5, 64, 0), (128, 0.2, 128, 0), (7, 0.9, 64, 0), (1000, 0.5, 256, 0)]
+    if isa != "portable":  # a variant on one member, the base path on the others
+        shapes[0] = (300, 0.5, 64, _flags(isa)[0])
+    kernels = []
+    for i, (n, pw, tile, variant) in enumerate(shapes):
+        W, _ = problem(n, 96, pw, 0, dtype, seed=10 + i)
+        kernels.append(CpuSpMSpV(retile(pack(W, tile_rows=64), tile), isa=isa, threads=2, variant=variant))
+    group = CpuGroupSpMSpV(kernels)
+    y = group(x)
+    assert y.shape == (batch, sum(n for n, *_ in shapes)) and group.cols[-1] == y.shape[1]
+    for i, kernel in enumerate(kernels):
+        assert torch.equal(y[:, group.cols[i] : group.cols[i + 1]], kernel(x)), i
+        torch.testing.assert_close(y[:, group.cols[i] : group.cols[i + 1]], spmspv_reference(kernel.sp, x))
+
+
+@pytest.mark.parametrize("isa", list(ISA_FLAGS))
+@pytest.mark.parametrize("batch", [1, 4])
+def test_threshold_in_the_kernel_is_the_sparsifier(isa, batch):
+    """``kernel(x, t)`` gives the bits of ``kernel(hardshrink(x, t))``: in a batch a column stays active for the
+    rows above the threshold and the rows below it count as zeros; a NaN input is kept, as the sparsifier keeps it."""
+    W, x = problem(200, 70, 0.5, 0.0, torch.float32, batch=batch, seed=6)
+    x[0, 3] = float("nan")
+    kernel = CpuSpMSpV(pack(W, tile_rows=64), isa=isa, threads=2)
+    for t in (0.0, 0.5, 1.5):
+        expected = kernel(torch.nn.functional.hardshrink(x, t) if t else x)
+        torch.testing.assert_close(kernel(x, t), expected, rtol=0, atol=0, equal_nan=True)
+
+
+def test_group_product_refuses_mixed_members():
+    W, _ = problem(64, 32, 0.5, 0, torch.float32)
+    V, _ = problem(64, 48, 0.5, 0, torch.float32)
+    with pytest.raises(UsageError, match="one input width"):
+        CpuGroupSpMSpV([CpuSpMSpV(pack(W)), CpuSpMSpV(pack(V))])
+    with pytest.raises(UsageError, match="one input width"):
+        CpuGroupSpMSpV([CpuSpMSpV(pack(W)), CpuSpMSpV(pack(W.to(torch.bfloat16)))])
+
+
+@pytest.mark.parametrize("isa", list(ISA_FLAGS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(49, 576), (1, 7), (130, 33), (4, 16), (0, 8)])
+def test_dense_row_matches_a_float64_product(isa, dtype, shape):
+    """Rows in steps of four and a last partial step, widths with a scalar tail past the vector width."""
+    gen = torch.Generator().manual_seed(5)
+    W = torch.randn(*shape, generator=gen).to(dtype)
+    x = torch.randn(shape[1], generator=gen).to(dtype)
+    expected = (W.double() @ x.double()).float()
+    y = dense_row(W, x, threads=2, isa=isa)
+    assert y.dtype == torch.float32 and y.shape == (shape[0],)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5 * float(x.double().abs().sum()))
+
+
+def test_dense_row_refuses_what_it_cannot_read():
+    W = torch.randn(8, 6)
+    with pytest.raises(UsageError, match="contiguous"):
+        dense_row(W.T, torch.randn(8))
+    with pytest.raises(UsageError, match="6 inputs"):
+        dense_row(W, torch.randn(5))
+    with pytest.raises(UsageError, match="contiguous float"):
+        dense_row(W.to(torch.float64), torch.randn(6))

@@ -18,6 +18,7 @@ from duogpt.runtime.generate import generate, greedy
 from duogpt.runtime.kernels import triton_spmspv
 from duogpt.runtime.linear import (
     GPU_PATH_ENV,
+    DecodeHead,
     DualSparseLinear,
     choose_tile_rows,
     linears_by_name,
@@ -137,6 +138,112 @@ def test_gpu_branch_under_the_triton_interpreter(samples, monkeypatch, dtype):
             x[torch.rand(x.shape) < 0.5] = 0
             torch.testing.assert_close(packed(x).float(), F.linear(x, lin.weight).float(), rtol=2e-2, atol=2e-2)
     assert torch.equal(packed.weight.contiguous(), lin.weight)
+
+
+def _decode_outputs(model, prompt):
+    """Every pruned linear's output and the logits of one decode step after an 8-token prompt."""
+    outs = {}
+    hooks = [
+        lin.register_forward_hook(lambda _m, _a, y, name=name: outs.__setitem__(name, y.clone()))
+        for name, (_, _, lin) in linears_by_name(model).items()
+    ]
+    with torch.no_grad():
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        model(input_ids=prompt, cache=cache, use_cache=True)
+        logits = model(input_ids=prompt[:, -1:], cache=cache, use_cache=True).logits
+    for h in hooks:
+        h.remove()
+    return outs, logits
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_linears_sharing_an_input_compute_together_with_the_same_bits(samples, dtype):
+    """q/k/v and gate/up of each block make one kernel call (share_inputs), the head its one-row product by
+    the dense kernel (DecodeHead, still tied to the embeddings): every linear's output is bit for bit what
+    it computes alone, the logits match torch's head."""
+    model, thresholds = pruned_tiny(samples, dtype)
+    sparsify.uninstall(model)
+    to_sparse_runtime(model)
+    sparsify.install(model, thresholds)
+    head = model.get_output_embeddings()
+    assert isinstance(head, DecodeHead) and head.weight is model.model.embed_tokens.weight
+    q = model.model.layers[0].self_attn.q_proj
+    group, slot = q.shared
+    assert slot == 0 and [m for m in group.members] == [q, model.model.layers[0].self_attn.k_proj,
+                                                         model.model.layers[0].self_attn.v_proj]  # fmt: skip
+    assert model.model.layers[0].mlp.down_proj.shared is None
+    prompt = samples[:1, :8]
+    linked, logits = _decode_outputs(model, prompt)
+    shared = {}
+    for name, (_, _, lin) in linears_by_name(model).items():
+        shared[name], lin.shared = lin.shared, None
+    plain = torch.nn.Linear(head.in_features, head.out_features, bias=False, device="meta", dtype=dtype)
+    plain.weight = head.weight
+    model.set_output_embeddings(plain)
+    alone, torch_logits = _decode_outputs(model, prompt)
+    assert linked.keys() == alone.keys() and len(linked) == 14
+    for name in linked:
+        assert torch.equal(linked[name], alone[name]), name
+    torch.testing.assert_close(logits, torch_logits, rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-4)
+
+
+def test_a_member_called_with_another_input_gets_its_own_product(samples):
+    model, _ = pruned_tiny(samples)
+    to_sparse_runtime(model)
+    attn = model.model.layers[1].self_attn
+    x, other = torch.randn(1, 1, attn.q_proj.in_features), torch.randn(1, 1, attn.q_proj.in_features)
+    with torch.no_grad():
+        q = attn.q_proj(x)  # computes q, k and v of x
+        k_other = attn.k_proj(other)  # not x: its own product, and the pending ones are dropped
+        v = attn.v_proj(x)
+        expected = {name: F.linear(inp, lin.weight) for name, lin, inp in
+                    (("q", attn.q_proj, x), ("k", attn.k_proj, other), ("v", attn.v_proj, x))}  # fmt: skip
+    torch.testing.assert_close(q, expected["q"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(k_other, expected["k"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(v, expected["v"], rtol=1e-5, atol=1e-5)
+    assert attn.q_proj.shared[0]._input is x  # v's call computed the group again, for x
+
+
+def test_sparse_linears_apply_their_sparsifier_in_the_kernel(samples):
+    """No hook on a packed linear: its sparsifier is attached and the CPU kernel applies the threshold, with the
+    same result as the hook's pass; counting, switching off, dense prefill and uninstall behave as before."""
+    model, thresholds = pruned_tiny(samples)
+    sparsify.uninstall(model)
+    to_sparse_runtime(model)
+    sparsify.install(model, thresholds, sparsify_prefill=False)
+    down = model.model.layers[0].mlp.down_proj
+    sp = sparsify.registry(model)["layers.0.down"]
+    assert down.sparsifier is sp and not down._forward_pre_hooks
+    x = torch.randn(1, 1, down.in_features)
+    with torch.no_grad():
+        expected = F.linear(sparsify.sparsify(x, sp.threshold), down.weight)
+        torch.testing.assert_close(down(x), expected, rtol=1e-5, atol=1e-5)
+        sparsify.reset_counters(model)  # counting: the sparsifier's own pass runs, and counts
+        torch.testing.assert_close(down(x), expected, rtol=1e-5, atol=1e-5)
+        assert sp.total == down.in_features and sp.zeros == int((sparsify.sparsify(x, sp.threshold) == 0).sum())
+        sparsify.reset_counters(model, counting=False)
+        with sparsify.disabled(model):
+            torch.testing.assert_close(down(x), F.linear(x, down.weight), rtol=1e-5, atol=1e-5)
+        prompt = torch.randn(1, 5, down.in_features)  # a short prompt, on the kernel path: dense (sparsify_prefill off)
+        torch.testing.assert_close(down(prompt), F.linear(prompt, down.weight), rtol=1e-5, atol=1e-5)
+        sparsify.uninstall(model)
+        assert down.sparsifier is None
+        torch.testing.assert_close(down(x), F.linear(x, down.weight), rtol=1e-5, atol=1e-5)
+
+
+def test_decode_head_keeps_autograd_and_batches_on_torch(samples):
+    model, _ = pruned_tiny(samples)
+    to_sparse_runtime(model)
+    head = model.get_output_embeddings()
+    x = torch.randn(3, head.in_features)
+    with torch.no_grad():
+        torch.testing.assert_close(head(x), F.linear(x, head.weight), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(head(x[:1]), F.linear(x[:1], head.weight), rtol=1e-5, atol=1e-5)
+    x.requires_grad_(True)
+    head(x[:1]).sum().backward()
+    torch.testing.assert_close(x.grad[0], head.weight.detach().sum(0))
 
 
 def test_packed_shape_mismatch_is_refused(samples, tmp_path):

@@ -4,7 +4,9 @@ A sparsifier zeroes the entries of its input with ``|x| <= threshold``; one thre
 per input (q/k/v share theirs, as do gate/up). Thresholds are calibrated so that a
 fraction ``p_x`` of calibration entries is zeroed (as in TEAL). Sparsifiers run as
 forward pre-hooks on the consuming linears, so checkpoints stay plain ``transformers``
-models; ``duogpt.json`` carries the thresholds.
+models; ``duogpt.json`` carries the thresholds. A linear of the sparse runtime takes its
+sparsifier itself instead (``attach_sparsifier``): its CPU kernel applies the threshold while
+it reads the input, so a decode step spends no pass and no hook on it.
 """
 
 from __future__ import annotations
@@ -126,6 +128,16 @@ class ActivationSparsifier:
         self._last = (x, out) if self._pending > 0 else None
         return out
 
+    def kernel_threshold(self, x: torch.Tensor) -> float | None:
+        """For a kernel that zeroes ``|x| <= t`` itself: the ``t`` this call needs (0: x stays as it is),
+        or None when the call must go through ``__call__`` (while counting)."""
+        if self.counting:
+            return None
+        self.calls += 1
+        if not self.enabled or (not self.sparsify_prefill and x.dim() == 3 and x.shape[1] > 1):
+            return 0.0
+        return self.threshold
+
     def forget(self) -> None:
         """Drop the cached last input (frees its memory)."""
         self._last = None
@@ -167,7 +179,12 @@ def install(model: nn.Module, thresholds: dict[str, float], sparsify_prefill: bo
         sp = ActivationSparsifier(name, float(tau), sparsify_prefill)
         registry[name] = sp
         for linear in block.groups[group].values():
-            sp.handles.append(linear.register_forward_pre_hook(lambda _mod, args, sp=sp: (sp(args[0]), *args[1:])))
+            attach = getattr(linear, "attach_sparsifier", None)  # the sparse runtime's linears apply it themselves
+            sp.handles.append(
+                attach(sp)
+                if attach is not None
+                else linear.register_forward_pre_hook(lambda _mod, args, sp=sp: (sp(args[0]), *args[1:]))
+            )
     return registry
 
 

@@ -7,7 +7,8 @@ same product:
 
 - inputs of at most ``MAX_KERNEL_ROWS`` rows (decode steps, small batches): the spMspV
   kernel, which reads only the columns whose input is nonzero (the C kernel on the CPU, the
-  Triton kernel on CUDA);
+  Triton kernel on CUDA); on the CPU, linears of a block that read one input (q/k/v,
+  gate/up; ``share_inputs``) make one kernel call together;
 - longer inputs (prefill, evaluation): the weight unpacked into a buffer that every linear
   of the thread reuses, then one dense matmul; the dense weights never live in memory
   together (one linear's at a time).
@@ -31,7 +32,15 @@ from duogpt.hardware import fast_half_matmul
 from duogpt.models import find_blocks
 from duogpt.runtime.format import DEFAULT_TILE_ROWS, SparseLinear, pack, validate
 from duogpt.runtime.kernels import triton_spmspv, tune
-from duogpt.runtime.kernels.cpu import CpuSpMSpV, pad_elements, padded_values, retile, unpack_into
+from duogpt.runtime.kernels.cpu import (
+    CpuGroupSpMSpV,
+    CpuSpMSpV,
+    dense_row,
+    pad_elements,
+    padded_values,
+    retile,
+    unpack_into,
+)
 from duogpt.shards import ShardReader
 
 PACKED_PREFIX = "duogpt-sparse"  # format 1: shards duogpt-sparse-NNNNN.safetensors beside the dense ones
@@ -81,6 +90,8 @@ class DualSparseLinear(nn.Linear):
         self._set_packed(sp)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         self.use_kernel = True
+        self.shared: tuple[SharedInput, int] | None = None  # (its group, its slot) once share_inputs links it
+        self.sparsifier = None  # its input's ActivationSparsifier, once sparsify.install attaches one
         if sp.values.device.type == "cpu":
             self.plan_cpu()
 
@@ -152,23 +163,43 @@ class DualSparseLinear(nn.Linear):
         and the CUDA branch runs on CPU tensors, as under DUOGPT_GPU_PATH=1)."""
         return self.stored() if self.retiled else self.sp
 
-    def _kernel_product(self, x2d: torch.Tensor) -> torch.Tensor:
-        if gpu_path(x2d):
-            return triton_spmspv.spmspv(self._stored_on_device(), x2d)
-        kernel = self._cpu_kernel  # made once (a decode step calls hundreds), again if the buffers changed
-        if kernel is None or kernel.values is not self._buffers["values"]:  # e.g. a deep copy of the model
+    def cpu_kernel(self) -> CpuSpMSpV:
+        """The C kernel over this module's buffers: made once (a decode step calls hundreds), again when the
+        buffers changed (a deep copy of the model, a move, a re-tiling)."""
+        kernel = self._cpu_kernel
+        if kernel is None or kernel.values is not self._buffers["values"]:
             kernel = self._cpu_kernel = CpuSpMSpV(self.sp, padded=self.values, variant=self.variant)
-        return kernel(x2d)
+        return kernel
+
+    def attach_sparsifier(self, sp) -> _Attached:
+        """Apply ``sp`` (an ``ActivationSparsifier``) to every input, in place of a forward pre-hook: on the
+        CPU kernel path its threshold goes into the kernel call; everywhere else ``sp(x)`` runs first, as a
+        hook would. Returns a handle whose ``remove()`` detaches it."""
+        self.sparsifier = sp
+        return _Attached(self, sp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
         grad = torch.is_grad_enabled()
-        if self.use_kernel and rows <= MAX_KERNEL_ROWS and not grad:
-            y = self._kernel_product(x.reshape(rows, -1))
-            y = (y if y.dtype == x.dtype else y.to(x.dtype)).reshape(*x.shape[:-1], self.out_features)
-            bias = self.bias
-            return y if bias is None else y + bias
-        return self._batched(x, reuse=not grad)  # with autograd on, backward reads the weight: no shared buffer
+        kernel = self.use_kernel and rows <= MAX_KERNEL_ROWS and not grad
+        cpu = kernel and not gpu_path(x)
+        sp, threshold = self.sparsifier, 0.0
+        if sp is not None:
+            threshold = sp.kernel_threshold(x) if cpu else None
+            if threshold is None:
+                x, threshold = sp(x), 0.0
+        if not kernel:
+            return self._batched(x, reuse=not grad)  # with autograd on, backward reads the weight: no shared buffer
+        shared = self.shared
+        if shared is not None and cpu:
+            y = shared[0].output(shared[1], x, rows, threshold)
+        else:
+            x2d = x.reshape(rows, -1)
+            y = self.cpu_kernel()(x2d, threshold) if cpu else triton_spmspv.spmspv(self._stored_on_device(), x2d)
+            y = y if y.dtype == x.dtype else y.to(x.dtype)
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        bias = self.bias
+        return y if bias is None else y + bias
 
     def _batched(self, x: torch.Tensor, reuse: bool) -> torch.Tensor:
         """Unpack, then one matmul; in float32 where this machine has no half-precision matmul of its own
@@ -185,6 +216,103 @@ class DualSparseLinear(nn.Linear):
     def extra_repr(self) -> str:
         density = self.nnz / (self.out_features * self.in_features)
         return f"in_features={self.in_features}, out_features={self.out_features}, density={density:.3f}, packed"
+
+
+class _Attached:
+    """What ``DualSparseLinear.attach_sparsifier`` returns: ``remove()`` detaches, as a hook handle would."""
+
+    def __init__(self, linear: DualSparseLinear, sp):
+        self.linear, self.sp = linear, sp
+
+    def remove(self) -> None:
+        if self.linear.sparsifier is self.sp:
+            self.linear.sparsifier = None
+
+
+class SharedInput:
+    """Linears of one block that read the same input (q/k/v; gate/up), multiplied together on the CPU.
+
+    The first member a decode step calls computes every member's product in one kernel call
+    (``CpuGroupSpMSpV``: the input's active columns found once, one parallel region, one dtype
+    conversion); the others take theirs while they are called with that same input tensor. A member
+    called with any other input recomputes the group, so a model that feeds its members different
+    tensors still gets each one's own product.
+    """
+
+    def __init__(self, members: list[DualSparseLinear]):
+        self.members = members
+        self._product: CpuGroupSpMSpV | None = None
+        self._input: torch.Tensor | None = None  # the input the pending outputs belong to
+        self._pending: dict[int, torch.Tensor] = {}
+
+    def output(self, slot: int, x: torch.Tensor, rows: int, threshold: float = 0.0) -> torch.Tensor:
+        """Member ``slot``'s product with ``x`` (rows of at most ``MAX_KERNEL_ROWS``; entries with ``|x| <=
+        threshold`` taken as zeros), in ``x``'s dtype. Members share one sparsifier, so one threshold."""
+        if self._input is x and slot in self._pending:
+            out = self._pending.pop(slot)
+            if not self._pending:
+                self._input = None  # the group's last member has it: hold no activation past it
+            return out
+        kernels = [m.cpu_kernel() for m in self.members]
+        product = self._product
+        if product is None or any(a is not b for a, b in zip(product.kernels, kernels, strict=True)):
+            product = self._product = CpuGroupSpMSpV(kernels)
+        y = product(x.reshape(rows, -1), threshold)
+        y = y if y.dtype == x.dtype else y.to(x.dtype)
+        cols = product.cols
+        outs = {i: y[:, cols[i] : cols[i + 1]] for i in range(len(kernels)) if i != slot}
+        self._input, self._pending = (x, outs) if outs else (None, {})
+        return y[:, cols[slot] : cols[slot + 1]]
+
+
+class DecodeHead(nn.Linear):
+    """A dense linear the sparse runtime keeps (the LM head) whose one-row products on the CPU go to the C
+    dense kernel (``dense_row``: near the memory bandwidth, where torch's one-row product read at 40-62% of
+    it on the AVX2 EPYC measured, docs/kernel.md); every other input goes to ``F.linear``.
+    It holds the same weight parameter as the linear it replaces, so a head tied to the embeddings stays tied."""
+
+    @classmethod
+    def replacing(cls, linear: nn.Linear) -> DecodeHead:
+        head = cls.__new__(cls)
+        nn.Module.__init__(head)
+        head.in_features, head.out_features = linear.in_features, linear.out_features
+        head.weight, head.bias = linear.weight, linear.bias
+        return head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if x.numel() != x.shape[-1] or x.is_cuda or w.is_cuda or torch.is_grad_enabled() or not w.is_contiguous():
+            return F.linear(x, w, self.bias)
+        y = dense_row(w, x)
+        y = y if self.bias is None else y + self.bias
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+
+def decode_paths(model: nn.Module) -> None:
+    """The sparse runtime's decode shortcuts on a model: linears that share an input linked
+    (``share_inputs``), the LM head's one-row products by the dense kernel (``DecodeHead``)."""
+    share_inputs(model)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if type(head) is nn.Linear and head.weight.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        model.set_output_embeddings(DecodeHead.replacing(head))
+
+
+def share_inputs(model: nn.Module) -> int:
+    """Link the packed linears of every block group that reads one input (q/k/v, gate/up; ``SharedInput``).
+    Returns the number of groups linked."""
+    linked = 0
+    for block in find_blocks(model)[1]:
+        for group in block.groups.values():
+            members = list(group.values())
+            if len(members) < 2 or not all(isinstance(m, DualSparseLinear) for m in members):
+                continue
+            if len({(m.in_features, m.values.dtype) for m in members}) != 1:
+                continue
+            shared = SharedInput(members)
+            for slot, member in enumerate(members):
+                member.shared = (shared, slot)
+            linked += 1
+    return linked
 
 
 def choose_tile_rows(n_out: int, threads: int | None = None) -> int:
@@ -223,6 +351,7 @@ def to_sparse_runtime(model: nn.Module, packed: dict[str, SparseLinear] | None =
             )
         new = DualSparseLinear.from_linear(linear) if sp is None else DualSparseLinear(sp, linear.bias)
         setattr(parent, attr, new.to(linear.weight.device))
+    decode_paths(model)
     return model
 
 

@@ -2,6 +2,10 @@
 #ifndef DUOGPT_COMMON_H
 #define DUOGPT_COMMON_H
 #include <stdint.h>
+#include <string.h>
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 enum { DT_F32 = 0, DT_F16 = 1, DT_BF16 = 2 };
 #define MAX_BATCH 16
@@ -23,6 +27,16 @@ enum { DT_F32 = 0, DT_F16 = 1, DT_BF16 = 2 };
 #define VARIANT_PF_HEAD 64
 #define VARIANT_BATCH_BASE 128 /* batches of 2..16 rows take the original path (sums in memory) */
 #define VARIANT_COUNT 6
+
+/* One linear of a group product (duogpt_spmspv_group): its packed weight, and where its rows go in the
+ * output (columns col0 .. col0 + n of each output row). kernels/cpu.py mirrors this layout. */
+typedef struct {
+    const uint64_t *bitmaps;
+    const void *values;
+    const int64_t *offsets;
+    int64_t n, tile_rows, col0;
+    int variant;
+} duogpt_member;
 
 /* Prefetch column j's bitmap words and all its values (a strip's coming column). */
 static inline void prefetch_segment(const uint64_t *bitmaps, const char *values, int64_t esize,
@@ -51,4 +65,44 @@ int duogpt_avx2_variants(void);
 int duogpt_avx2_batch(const uint64_t *bitmaps, const void *values, int dtype, const int64_t *offsets, int64_t k,
                       int64_t words, const int32_t *active, int64_t n_active, const float *x, int64_t batch,
                       int64_t *cursor, float *y, int64_t n, int64_t count);
+
+/* One stored value (dtype code) as float32, and 16 or 8 of them where the vector unit has that width. */
+static inline float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) { bits = sign; }
+        else { /* subnormal */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) { man <<= 1; exp--; }
+            bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) { bits = sign | 0x7f800000 | (man << 13); }
+    else { bits = sign | ((exp + 127 - 15) << 23) | (man << 13); }
+    float f; memcpy(&f, &bits, 4); return f;
+}
+
+static inline float load_scalar(const void *v, int64_t i, int dtype) {
+    if (dtype == DT_F32) return ((const float *)v)[i];
+    uint16_t h = ((const uint16_t *)v)[i];
+    if (dtype == DT_F16) return half_to_float(h);
+    uint32_t bits = (uint32_t)h << 16; float f; memcpy(&f, &bits, 4); return f;
+}
+
+#if defined(__AVX512F__)
+static inline __m512 load16(const void *v, int64_t i, int dtype) {
+    if (dtype == DT_F32) return _mm512_loadu_ps((const float *)v + i);
+    __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)v + i));
+    if (dtype == DT_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+#endif
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+static inline __m256 load8(const void *v, int64_t i, int dtype) {
+    if (dtype == DT_F32) return _mm256_loadu_ps((const float *)v + i);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)v + i));
+    if (dtype == DT_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+#endif
+
 #endif

@@ -22,7 +22,7 @@ from duogpt.errors import UsageError
 from duogpt.files import atomic_path, cache_dir
 from duogpt.runtime.format import SparseLinear, bit_counts, segment_offsets
 
-SOURCES = [Path(__file__).with_name(name) for name in ("spmspv.c", "variants.c", "avx2.c", "common.h")]
+SOURCES = [Path(__file__).with_name(name) for name in ("spmspv.c", "variants.c", "avx2.c", "dense.c", "common.h")]
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 ISA_FLAGS = (
     {
@@ -86,9 +86,12 @@ def build(isa: str = "native") -> ctypes.CDLL:
     dll = ctypes.CDLL(str(lib))
     ptr, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
     packed = [ptr, ptr, i32, ptr, i64, i64, i64]  # bitmaps, values, dtype code / element size, offsets, n, k, tile
-    dll.duogpt_spmspv.restype = dll.duogpt_unpack.restype = ctypes.c_int
-    dll.duogpt_spmspv.argtypes = [*packed, ptr, i64, ptr, i32, i32]  # x, batch, y, threads, variant
+    dll.duogpt_spmspv_group.restype = dll.duogpt_unpack.restype = ctypes.c_int
+    # members, count, dtype code, k, x, batch, threshold, y, y's row stride, threads
+    dll.duogpt_spmspv_group.argtypes = [ptr, i32, i32, i64, ptr, i64, ctypes.c_float, ptr, i64, i32]
     dll.duogpt_unpack.argtypes = [*packed, ptr, i32]  # out, threads
+    dll.duogpt_dense_row.restype = ctypes.c_int
+    dll.duogpt_dense_row.argtypes = [ptr, i32, i64, i64, ptr, ptr, i32]  # weight, dtype code, n, k, x, y, threads
     dll.duogpt_spmspv_isa.restype = ctypes.c_char_p
     dll.duogpt_retile_values.restype = dll.duogpt_flush.restype = dll.duogpt_variants.restype = ctypes.c_int
     dll.duogpt_retile_values.argtypes = [ptr, ptr, i32, ptr, i64, i64, i64, ptr, i64, i64, ptr, i32]
@@ -212,6 +215,22 @@ def retile(
     return SparseLinear(bitmaps, values[:total], offsets, (n, k), tile_rows)
 
 
+def dense_row(weight: torch.Tensor, x: torch.Tensor, threads: int | None = None, isa: str = "native") -> torch.Tensor:
+    """``weight @ x`` for a contiguous (n, k) weight (float32, float16 or bfloat16) and one row ``x`` of k
+    (any float dtype); float32 (n,). The dense one-row product at the memory bandwidth (dense.c)."""
+    n, k = weight.shape
+    if not weight.is_contiguous() or weight.dtype not in _DTYPE_CODES or x.numel() != k:
+        raise UsageError(f"dense_row needs a contiguous float (n, k) weight and {k} inputs")
+    xs = x.reshape(k)
+    if xs.dtype != torch.float32 or not xs.is_contiguous():
+        xs = xs.float().contiguous()
+    y = torch.empty(n, dtype=torch.float32)
+    code = _DTYPE_CODES[weight.dtype]
+    threads = threads or torch.get_num_threads()
+    build(isa).duogpt_dense_row(weight.data_ptr(), code, n, k, xs.data_ptr(), y.data_ptr(), threads)
+    return y
+
+
 def stream_sum(t: torch.Tensor, threads: int | None = None, isa: str = "native") -> float:
     """Sum of a contiguous float32 tensor, read as fast as the machine allows (the bandwidth probe)."""
     return build(isa).duogpt_stream_sum(t.data_ptr(), t.numel(), threads or torch.get_num_threads())
@@ -227,6 +246,31 @@ def variants_available(isa: str = "native") -> tuple[list[int], bool]:
     """(kernel variants compiled for ``isa``, whether vdpbf16ps is available)."""
     mask = build(isa).duogpt_variants()
     return [v for v in range(VARIANT_COUNT) if mask >> v & 1], bool(mask & VARIANT_NO_DP)
+
+
+class _Member(ctypes.Structure):
+    """common.h's ``duogpt_member``: one linear of a group product."""
+
+    _fields_ = [
+        ("bitmaps", ctypes.c_void_p),
+        ("values", ctypes.c_void_p),
+        ("offsets", ctypes.c_void_p),
+        ("n", ctypes.c_int64),
+        ("tile_rows", ctypes.c_int64),
+        ("col0", ctypes.c_int64),
+        ("variant", ctypes.c_int),
+    ]
+
+
+def _product(dll, fixed: tuple, x: torch.Tensor, threshold: float, total: int, threads: int) -> torch.Tensor:
+    """One call of ``duogpt_spmspv_group`` (``fixed``: members, count, dtype code, k) on a (rows, k) input."""
+    if x.dtype != torch.float32 or not x.is_contiguous():
+        x = x.float().contiguous()
+    rows = x.shape[0]
+    y = torch.empty(rows, total, dtype=torch.float32)
+    if dll.duogpt_spmspv_group(*fixed, x.data_ptr(), rows, threshold, y.data_ptr(), total, threads) != 0:
+        raise UsageError(f"the CPU kernel refused its arguments (batch {rows} must be 1..16)")
+    return y
 
 
 class CpuSpMSpV:
@@ -246,22 +290,46 @@ class CpuSpMSpV:
         self.threads = threads or torch.get_num_threads()
         self.variant = variant
         n, k = sp.shape  # the arguments that do not change from call to call (a decode step makes hundreds)
-        self._weight = (sp.bitmaps.data_ptr(), self.values.data_ptr(), _DTYPE_CODES[self.values.dtype])
-        self._weight += (sp.offsets.data_ptr(), n, k, sp.tile_rows)
+        self.member = _Member(sp.bitmaps.data_ptr(), self.values.data_ptr(), sp.offsets.data_ptr(), n, sp.tile_rows, 0,
+                              variant)  # fmt: skip
+        self._fixed = (ctypes.byref(self.member), 1, _DTYPE_CODES[self.values.dtype], k)
 
     @property
     def isa(self) -> str:
         return self.dll.duogpt_spmspv_isa().decode()
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``W @ x`` for x of shape (k,) or (batch <= 16, k); returns float32."""
+    def __call__(self, x: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+        """``W @ s(x)`` for x of shape (k,) or (batch <= 16, k), ``s`` zeroing ``|x| <= threshold`` (the
+        activation sparsifier, applied inside the kernel; 0: x as given); returns float32."""
         n, k = self.sp.shape
-        xs = x.reshape(-1, k)
-        if xs.dtype != torch.float32 or not xs.is_contiguous():
-            xs = xs.float().contiguous()
-        rows = xs.shape[0]
-        y = torch.empty(rows, n, dtype=torch.float32)
-        status = self.dll.duogpt_spmspv(*self._weight, xs.data_ptr(), rows, y.data_ptr(), self.threads, self.variant)
-        if status != 0:
-            raise UsageError(f"the CPU kernel refused its arguments (batch {xs.shape[0]} must be 1..16)")
+        y = _product(self.dll, self._fixed, x.reshape(-1, k), threshold, n, self.threads)
         return y.reshape(*x.shape[:-1], n)
+
+
+class CpuGroupSpMSpV:
+    """Several packed weights that multiply the same input (q/k/v, gate/up), in one kernel call: the input's
+    active columns are found once and one parallel region covers every tile of every member.
+
+    ``__call__(x, threshold)`` returns float32 ``(rows, sum of n)``, member i's product in its columns
+    ``cols[i]:cols[i + 1]``, the same numbers as each member's own ``CpuSpMSpV``.
+    """
+
+    def __init__(self, kernels: list[CpuSpMSpV]):
+        """``kernels``: the members, each with its own tile height and variant; one input width, dtype and library."""
+        first = kernels[0]
+        k, dtype = first.sp.shape[1], first.values.dtype
+        if any(kn.sp.shape[1] != k or kn.values.dtype != dtype or kn.dll is not first.dll for kn in kernels):
+            raise UsageError("a group product needs members of one input width, value dtype and kernel build")
+        self.kernels, self.k, self.dll, self.threads = list(kernels), k, first.dll, first.threads
+        self.cols = [0]
+        for kn in kernels:
+            self.cols.append(self.cols[-1] + kn.sp.shape[0])
+        members = [_Member.from_buffer_copy(kn.member) for kn in kernels]
+        for member, col0 in zip(members, self.cols, strict=False):
+            member.col0 = col0
+        self._members = (_Member * len(kernels))(*members)
+        self._fixed = (ctypes.byref(self._members), len(kernels), _DTYPE_CODES[dtype], k)
+
+    def __call__(self, x: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+        """``[W_0 s(x), W_1 s(x), ...]`` side by side for x of shape (rows <= 16, k); float32 (rows, sum of n)."""
+        return _product(self.dll, self._fixed, x, threshold, self.cols[-1], self.threads)

@@ -13,6 +13,7 @@
  */
 #include <stdint.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -21,27 +22,6 @@
 #include <immintrin.h>
 #endif
 #include "common.h"
-
-static inline float half_to_float(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-    if (exp == 0) {
-        if (man == 0) { bits = sign; }
-        else { /* subnormal */
-            exp = 127 - 15 + 1;
-            while (!(man & 0x400)) { man <<= 1; exp--; }
-            bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
-        }
-    } else if (exp == 31) { bits = sign | 0x7f800000 | (man << 13); }
-    else { bits = sign | ((exp + 127 - 15) << 23) | (man << 13); }
-    float f; memcpy(&f, &bits, 4); return f;
-}
-
-static inline float load_scalar(const void *v, int64_t i, int dtype) {
-    if (dtype == DT_F32) return ((const float *)v)[i];
-    uint16_t h = ((const uint16_t *)v)[i];
-    if (dtype == DT_F16) return half_to_float(h);
-    uint32_t bits = (uint32_t)h << 16; float f; memcpy(&f, &bits, 4); return f;
-}
 
 const char *duogpt_spmspv_isa(void) {
 #if defined(__AVX512F__)
@@ -55,12 +35,6 @@ const char *duogpt_spmspv_isa(void) {
 
 #if defined(__AVX512F__)
 #define LANES 16
-static inline __m512 load16(const void *v, int64_t i, int dtype) {
-    if (dtype == DT_F32) return _mm512_loadu_ps((const float *)v + i);
-    __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)v + i));
-    if (dtype == DT_F16) return _mm512_cvtph_ps(h);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define LANES 8
 static int32_t perm_table[256][8];
@@ -75,12 +49,6 @@ static void init_tables(void) {
             next += on;
         }
     }
-}
-static inline __m256 load8(const void *v, int64_t i, int dtype) {
-    if (dtype == DT_F32) return _mm256_loadu_ps((const float *)v + i);
-    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)v + i));
-    if (dtype == DT_F16) return _mm256_cvtph_ps(h);
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 #else
 #define LANES 1
@@ -343,51 +311,107 @@ static int batch_in_registers(int64_t words, int64_t batch, int dtype) {
 #endif
 }
 
-/* Returns 0 on success, -1 on bad arguments. */
-int duogpt_spmspv(const uint64_t *bitmaps, const void *values, int dtype, const int64_t *offsets, int64_t n,
-                  int64_t k, int64_t tile_rows, const float *x, int64_t batch, float *y, int nthreads, int variant) {
-    if (batch < 1 || batch > MAX_BATCH || tile_rows % 64 || dtype < 0 || dtype > 2) return -1;
+/* One tile of one member into its rows of y (row stride ld); 0, or -1 where no path took it. */
+static int member_tile(const duogpt_member *m, int64_t t, int64_t k, const int32_t *active, int64_t n_active,
+                       const float *x, int exact, int64_t batch, float *acc, int64_t *starts, float *y, int64_t ld,
+                       int dtype) {
+    const int64_t words = m->tile_rows / 64, row0 = t * m->tile_rows;
+    const int64_t count = (m->n - row0) < m->tile_rows ? (m->n - row0) : m->tile_rows;
+    const uint64_t *bm = m->bitmaps + t * k * words;
+    const int64_t *off = m->offsets + t * (k + 1);
+    float *ym = y + m->col0;
+    if (batch == 1 && m->variant &&
+        duogpt_variant_tile(m->variant, bm, m->values, dtype, off, words, active, n_active, x, exact, acc, ym + row0,
+                            count) == 0)
+        return 0;
+    if (batch > 1 && !(m->variant & VARIANT_BATCH_BASE) && batch_in_registers(words, batch, dtype) &&
+        duogpt_avx2_batch(bm, m->values, dtype, off, k, words, active, n_active, x, batch, starts, ym + row0, ld,
+                          count) == 0)
+        return 0;
+    return base_tile(bm, m->values, dtype, off, k, words, active, n_active, x, batch, acc, starts, ym, ld, row0, count);
+}
+
+/* Tiles of every member in one sequence; thread th of nth takes those whose middle row (counted over all
+ * members) falls in its share, so members of different tile heights still split evenly. */
+static int thread_share(const duogpt_member *members, int count, int64_t total_rows, int th, int nth,
+                        int64_t k, const int32_t *active, int64_t n_active, const float *x, int exact, int64_t batch,
+                        float *acc, int64_t *starts, float *y, int64_t ld, int dtype) {
+    int failed = 0;
+    int64_t before = 0;
+    for (int i = 0; i < count; i++) {
+        const duogpt_member *m = members + i;
+        for (int64_t t = 0; t * m->tile_rows < m->n; t++) {
+            const int64_t mid = before + t * m->tile_rows + m->tile_rows / 2;
+            if (mid * nth / total_rows != th && !(th == nth - 1 && mid >= total_rows)) continue;
+            failed |= member_tile(m, t, k, active, n_active, x, exact, batch, acc, starts, y, ld, dtype) != 0;
+        }
+        before += m->n;
+    }
+    return failed;
+}
+
+/* x with |x| <= tau set to zero (the activation sparsifier, applied here so the runtime needs no pass of
+ * its own); NaN stays, as in the sparsifier. NULL when out of memory. */
+static float *thresholded(const float *x, int64_t size, float tau) {
+    float *out = (float *)malloc(sizeof(float) * (size_t)(size > 0 ? size : 1));
+    if (out)
+        for (int64_t i = 0; i < size; i++) out[i] = fabsf(x[i]) <= tau ? 0.0f : x[i];
+    return out;
+}
+
+/* y[b, col0_i + r] = (W_i s(x_b))[r] for every member i, s zeroing |x| <= tau (tau 0: x as given): linears
+ * that read the same input (q/k/v, gate/up), or one linear; one pass over the input to find its active
+ * columns, one parallel region for all their tiles. Returns 0 on success, -1 on bad arguments. */
+int duogpt_spmspv_group(const duogpt_member *members, int count, int dtype, int64_t k, const float *x, int64_t batch,
+                        float tau, float *y, int64_t ld, int nthreads) {
+    if (batch < 1 || batch > MAX_BATCH || dtype < 0 || dtype > 2 || count < 1) return -1;
+    int64_t max_tile = 0, total_rows = 0, tiles = 0;
+    for (int i = 0; i < count; i++) {
+        const duogpt_member *m = members + i;
+        if (m->tile_rows < 64 || m->tile_rows % 64 || m->n < 0 || m->col0 < 0 || m->col0 + m->n > ld) return -1;
+        max_tile = m->tile_rows > max_tile ? m->tile_rows : max_tile;
+        total_rows += m->n;
+        tiles += (m->n + m->tile_rows - 1) / m->tile_rows;
+    }
+    if (tiles == 0) return 0;
 #if LANES == 8
     static int ready = 0;
     if (!ready) { init_tables(); ready = 1; }
 #endif
-    const int64_t words = tile_rows / 64, n_tiles = (n + tile_rows - 1) / tile_rows;
+    float *x_own = tau > 0.0f ? thresholded(x, batch * k, tau) : NULL;
     int32_t *active = (int32_t *)malloc(sizeof(int32_t) * (size_t)(k > 0 ? k : 1));
-    if (!active) return -1;
-    int exact;
+    if (!active || (tau > 0.0f && !x_own)) {
+        free(active);
+        free(x_own);
+        return -1;
+    }
+    if (x_own) x = x_own;
+    int exact, failed = 0;
     const int64_t n_active = active_columns(x, k, batch, active, &exact);
-    int failed = 0;
-#pragma omp parallel num_threads(nthreads) if (n_tiles > 1 && nthreads > 1)
+#pragma omp parallel num_threads(nthreads) if (tiles > 1 && nthreads > 1)
     {
         /* variants use a whole tile, the base path a block of it per batch row */
-        const int64_t block = tile_rows < BLOCK_WORDS * 64 ? tile_rows : BLOCK_WORDS * 64;
-        const int64_t acc_floats = tile_rows > batch * block ? tile_rows : batch * block;
+        const int64_t block = max_tile < BLOCK_WORDS * 64 ? max_tile : BLOCK_WORDS * 64;
+        const int64_t acc_floats = max_tile > batch * block ? max_tile : batch * block;
         float *acc = (float *)aligned_alloc(64, sizeof(float) * (size_t)acc_floats);
         int64_t *starts = (int64_t *)malloc(sizeof(int64_t) * (size_t)(n_active > 0 ? n_active : 1));
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < n_tiles; t++) {
-            const int64_t row0 = t * tile_rows, count = (n - row0) < tile_rows ? (n - row0) : tile_rows;
-            const uint64_t *bm = bitmaps + t * k * words;
-            const int64_t *off = offsets + t * (k + 1);
-            if (!acc || !starts) {
-                failed = 1;
-            } else if (batch == 1 && variant &&
-                       duogpt_variant_tile(variant, bm, values, dtype, off, words, active, n_active, x, exact, acc,
-                                           y + row0, count) == 0) {
-                continue;
-            } else if (batch > 1 && !(variant & VARIANT_BATCH_BASE) && batch_in_registers(words, batch, dtype) &&
-                       duogpt_avx2_batch(bm, values, dtype, off, k, words, active, n_active, x, batch, starts, y + row0,
-                                         n, count) == 0) {
-                continue;
-            } else if (base_tile(bm, values, dtype, off, k, words, active, n_active, x, batch, acc, starts, y, n, row0,
-                                 count)) {
-                failed = 1;
-            }
+#ifdef _OPENMP
+        const int th = omp_get_thread_num(), nth = omp_get_num_threads();
+#else
+        const int th = 0, nth = 1;
+#endif
+        const int bad = !acc || !starts ||
+                        thread_share(members, count, total_rows, th, nth, k, active, n_active, x, exact, batch, acc,
+                                     starts, y, ld, dtype);
+        if (bad) {
+#pragma omp atomic write
+            failed = 1;
         }
         free(acc);
         free(starts);
     }
     free(active);
+    free(x_own);
     return failed ? -1 : 0;
 }
 
