@@ -15,52 +15,51 @@
 #define DENSE_ROWS 4 /* rows per step: four independent chains of multiply-adds */
 #endif
 
+/* The vector unit's width and operations: 16 lanes (AVX-512), 8 (AVX2), or none. */
 #if defined(__AVX512F__)
-static void rows_dot(const void *w, int dtype, int64_t k, int64_t r0, int64_t rows, const float *x, float *y) {
-    __m512 acc[DENSE_ROWS];
-    for (int i = 0; i < DENSE_ROWS; i++) acc[i] = _mm512_setzero_ps();
-    int64_t j = 0;
-    for (; j + 16 <= k; j += 16) {
-        const __m512 xv = _mm512_loadu_ps(x + j);
-        for (int i = 0; i < rows; i++) acc[i] = _mm512_fmadd_ps(load16(w, (r0 + i) * k + j, dtype), xv, acc[i]);
-    }
-    for (int i = 0; i < rows; i++) {
-        float s = _mm512_reduce_add_ps(acc[i]);
-        for (int64_t t = j; t < k; t++) s += load_scalar(w, (r0 + i) * k + t, dtype) * x[t];
-        y[i] = s;
-    }
-}
+#define VLANES 16
+typedef __m512 vec;
+#define VZERO() _mm512_setzero_ps()
+#define VLOADX(p) _mm512_loadu_ps(p)
+#define VLOADW(w, i, dtype) load16(w, i, dtype)
+#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define VSUM(v) _mm512_reduce_add_ps(v)
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define VLANES 8
+typedef __m256 vec;
 static float sum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
-
-static void rows_dot(const void *w, int dtype, int64_t k, int64_t r0, int64_t rows, const float *x, float *y) {
-    __m256 acc[DENSE_ROWS];
-    for (int i = 0; i < DENSE_ROWS; i++) acc[i] = _mm256_setzero_ps();
-    int64_t j = 0;
-    for (; j + 8 <= k; j += 8) {
-        const __m256 xv = _mm256_loadu_ps(x + j);
-        for (int i = 0; i < rows; i++) acc[i] = _mm256_fmadd_ps(load8(w, (r0 + i) * k + j, dtype), xv, acc[i]);
-    }
-    for (int i = 0; i < rows; i++) {
-        float s = sum8(acc[i]);
-        for (int64_t t = j; t < k; t++) s += load_scalar(w, (r0 + i) * k + t, dtype) * x[t];
-        y[i] = s;
-    }
-}
+#define VZERO() _mm256_setzero_ps()
+#define VLOADX(p) _mm256_loadu_ps(p)
+#define VLOADW(w, i, dtype) load8(w, i, dtype)
+#define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define VSUM(v) sum8(v)
 #else
+#define VLANES 0
+#endif
+
+/* y[0:rows] = rows r0 .. r0 + rows - 1 of W times x (rows <= DENSE_ROWS): vectors over k, then the tail. */
 static void rows_dot(const void *w, int dtype, int64_t k, int64_t r0, int64_t rows, const float *x, float *y) {
+    float sums[DENSE_ROWS] = {0.0f};
+    int64_t j = 0;
+#if VLANES
+    vec acc[DENSE_ROWS];
+    for (int i = 0; i < DENSE_ROWS; i++) acc[i] = VZERO();
+    for (; j + VLANES <= k; j += VLANES) {
+        const vec xv = VLOADX(x + j);
+        for (int i = 0; i < rows; i++) acc[i] = VFMA(VLOADW(w, (r0 + i) * k + j, dtype), xv, acc[i]);
+    }
+    for (int i = 0; i < rows; i++) sums[i] = VSUM(acc[i]);
+#endif
     for (int i = 0; i < rows; i++) {
-        float s = 0.0f;
-        for (int64_t t = 0; t < k; t++) s += load_scalar(w, (r0 + i) * k + t, dtype) * x[t];
-        y[i] = s;
+        for (int64_t t = j; t < k; t++) sums[i] += load_scalar(w, (r0 + i) * k + t, dtype) * x[t];
+        y[i] = sums[i];
     }
 }
-#endif
 
 /* y = W x for one row x. Returns 0 on success, -1 on bad arguments. */
 int duogpt_dense_row(const void *w, int dtype, int64_t n, int64_t k, const float *x, float *y, int nthreads) {
