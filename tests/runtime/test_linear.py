@@ -233,6 +233,24 @@ def test_sparse_linears_apply_their_sparsifier_in_the_kernel(samples):
         torch.testing.assert_close(down(x), F.linear(x, down.weight), rtol=1e-5, atol=1e-5)
 
 
+def test_a_sparse_model_can_be_copied_and_pickled_after_decoding(samples, tmp_path):
+    """The kernel handles (library, buffer addresses) stay behind; the copy decodes with its own buffers."""
+    import copy
+
+    model, thresholds = pruned_tiny(samples)
+    sparsify.uninstall(model)
+    to_sparse_runtime(model)
+    sparsify.install(model, thresholds)
+    prompt = samples[:1, :8]
+    tokens, _, _ = greedy(model, prompt, 6)  # every kernel handle and group product made
+    twin = copy.deepcopy(model)
+    assert twin.model.layers[0].self_attn.q_proj.sparsifier is sparsify.registry(twin)["layers.0.qkv"]
+    assert greedy(twin, prompt, 6)[0] == tokens
+    torch.save(model, tmp_path / "model.pt")
+    again = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert greedy(again, prompt, 6)[0] == tokens
+
+
 def test_decode_head_keeps_autograd_and_batches_on_torch(samples):
     model, _ = pruned_tiny(samples)
     to_sparse_runtime(model)

@@ -112,6 +112,13 @@ class DualSparseLinear(nn.Linear):
             self._set_packed(retile(self.sp, chosen.tile_rows, chosen.align))
         self.variant, self._cpu_kernel = chosen.variant, None
 
+    def __getstate__(self):
+        """Copies and pickles leave the kernel handle behind (it holds this process's library and the
+        buffers' addresses); the copy makes its own at its first call."""
+        state = super().__getstate__()
+        state["_cpu_kernel"] = None
+        return state
+
     @property
     def retiled(self) -> bool:
         return self.values_len != self.nnz or self.tile_rows != self.stored_tile_rows
@@ -244,6 +251,11 @@ class SharedInput:
         self._product: CpuGroupSpMSpV | None = None
         self._input: torch.Tensor | None = None  # the input the pending outputs belong to
         self._pending: dict[int, torch.Tensor] = {}
+
+    def __getstate__(self):
+        """Copies and pickles hold the members only: the product (library handle, addresses) and any pending
+        outputs are made again."""
+        return {"members": self.members, "_product": None, "_input": None, "_pending": {}}
 
     def output(self, slot: int, x: torch.Tensor, rows: int, threshold: float = 0.0) -> torch.Tensor:
         """Member ``slot``'s product with ``x`` (rows of at most ``MAX_KERNEL_ROWS``; entries with ``|x| <=
