@@ -279,7 +279,7 @@ class SharedInput:
 
 class DecodeHead(nn.Linear):
     """A dense linear the sparse runtime keeps (the LM head) whose one-row products on the CPU go to the C
-    dense kernel (``dense_row``: near the memory bandwidth, where torch's one-row product read at 40-62% of
+    dense kernel (``dense_row``: near the memory bandwidth, where torch's one-row product read at 40-70% of
     it on the AVX2 EPYC measured, docs/kernel.md); every other input goes to ``F.linear``.
     It holds the same weight parameter as the linear it replaces, so a head tied to the embeddings stays tied."""
 

@@ -5,7 +5,7 @@
  * float32 on the default model, 32000 x 4096 bfloat16 at 7B). On the 2-core AVX2 EPYC measured, torch's
  * one-row product read those at 12 and 19 GB/s of about 30 (9.3 and 13.3 ms a call);
  * this one keeps four rows' sums in registers, widens 16-bit values in registers, and lets the threads
- * split the rows: 28-30 GB/s in isolation, 5.8 and 8.3 ms in a decode step. Each row's products are summed
+ * split the rows: 26-33 GB/s in isolation, 5.8 and 8.3 ms in a decode step. Each row's products are summed
  * in lanes and then across them, so results differ from torch's in the last bits.
  */
 #include <stdint.h>
