@@ -251,6 +251,25 @@ def test_a_sparse_model_can_be_copied_and_pickled_after_decoding(samples, tmp_pa
     assert greedy(again, prompt, 6)[0] == tokens
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+def test_the_kernel_threshold_zeroes_what_the_sparsifier_zeroes(samples, dtype):
+    """The sparsifier compares in the input's dtype (the threshold rounded to it); the kernel compares in
+    float32 and must be given the rounded threshold: the same bits as the sparsifier's own pass, for
+    thresholds between two representable values."""
+    model, _ = pruned_tiny(samples, dtype)
+    lin = DualSparseLinear.from_linear(model.model.layers[0].mlp.down_proj)
+    sp = sparsify.ActivationSparsifier("down", 0.0)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for _ in range(40):
+            x = torch.randn(1, 8, lin.in_features, generator=gen).to(dtype)  # 8 rows: the kernel path
+            sp.threshold = float(torch.rand(1, generator=gen)) * 1.2
+            lin.sparsifier = None
+            expected = lin(sparsify.sparsify(x, sp.threshold))
+            lin.sparsifier = sp
+            assert torch.equal(lin(x), expected), sp.threshold
+
+
 def test_decode_head_keeps_autograd_and_batches_on_torch(samples):
     model, _ = pruned_tiny(samples)
     to_sparse_runtime(model)

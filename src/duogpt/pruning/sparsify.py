@@ -107,6 +107,8 @@ class ActivationSparsifier:
         self._nonzero: torch.Tensor | int = 0  # of them left nonzero: a tensor, so counting never waits on a device
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # only while the group's linears run
         self._pending = 0
+        self._kernel_key: tuple | None = None  # (threshold, dtype) behind _kernel_value
+        self._kernel_value = 0.0
         self.handles: list = []
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,14 +131,19 @@ class ActivationSparsifier:
         return out
 
     def kernel_threshold(self, x: torch.Tensor) -> float | None:
-        """For a kernel that zeroes ``|x| <= t`` itself: the ``t`` this call needs (0: x stays as it is),
-        or None when the call must go through ``__call__`` (while counting)."""
+        """For a kernel that zeroes ``|x| <= t`` itself (in float32): the ``t`` this call needs (0: x stays as
+        it is), rounded to x's dtype as ``sparsify`` applies it, or None when the call must go through
+        ``__call__`` (while counting)."""
         if self.counting:
             return None
         self.calls += 1
         if not self.enabled or (not self.sparsify_prefill and x.dim() == 3 and x.shape[1] > 1):
             return 0.0
-        return self.threshold
+        key = (self.threshold, x.dtype)
+        if self._kernel_key != key:  # hardshrink compares in x's dtype: the threshold rounded to it, once
+            self._kernel_key = key
+            self._kernel_value = float(torch.tensor(self.threshold, dtype=torch.float32).to(x.dtype))
+        return self._kernel_value
 
     def forget(self) -> None:
         """Drop the cached last input (frees its memory)."""
