@@ -111,23 +111,55 @@ static inline __attribute__((always_inline)) void regs8(const uint64_t *bitmaps,
     for (int s = 0; s < 8; s++) _mm256_storeu_ps(out + 8 * s, acc[s]);
 }
 
-/* Variant 5: a strip of words * 64 rows, sums in acc (L1), two columns per pass. */
+/* Where a strip's software prefetch reads: column ``g``'s values in ``words`` equal slices (bytes per
+ * slice rounded up), one slice per word of the pass, so the prefetches keep pace with the reads. */
+typedef struct {
+    const char *values;
+    const uint64_t *bitmaps;
+    int64_t slice;
+} ahead8;
+
+static inline ahead8 ahead_of(const uint64_t *bitmaps, const char *values, const int64_t *offsets, int64_t esize,
+                              int64_t words, int64_t g) {
+    const ahead8 h = {values + offsets[g] * esize, bitmaps + g * words,
+                      ((offsets[g + 1] - offsets[g]) * esize + words - 1) / words};
+    return h;
+}
+
+static inline void prefetch_slice(ahead8 h, int64_t w) {
+    for (int64_t c = 0; c < h.slice; c += 64) __builtin_prefetch(h.values + w * h.slice + c, 0, 3);
+    if ((w & 7) == 0) { /* the bitmap words of the next 8 slices: both ends, the words need not start a line */
+        __builtin_prefetch(h.bitmaps + w, 0, 3);
+        __builtin_prefetch(h.bitmaps + w + 7, 0, 3);
+    }
+}
+
+/* Variant 5: a strip of words * 64 rows, sums in acc (L1), two columns per pass. With PF, each pass also
+ * prefetches the two columns FAR5 ahead, a slice per word. Prefetching their whole segments at the start
+ * of a pass instead (dozens of misses at once, then none) ran 1.1-1.6x slower at 7B shapes on an AVX2
+ * EPYC, in float32 and bfloat16 (docs/bench-gemv-amd-avx2.md). */
+#define FAR5 6
 static inline __attribute__((always_inline)) void strip8(const uint64_t *bitmaps, const char *values,
                                                          const int64_t *offsets, int64_t words, const int32_t *active,
                                                          int64_t n_active, const float *x, float *acc, const int DTYPE,
                                                          const int PF) {
     const int64_t esize = DTYPE == DT_F32 ? 4 : 2;
     memset(acc, 0, (size_t)words * 256);
-    int64_t a = 0;
-    for (; a < n_active; a += 2) {
+    for (int64_t a = 0; a < n_active; a += 2) {
         const int two = a + 1 < n_active;
-        for (int64_t f = a + 4; PF && f < a + 6 && f < n_active; f++)
-            prefetch_segment(bitmaps, values, esize, offsets, active[f], words);
         const int64_t j0 = active[a], j1 = two ? active[a + 1] : j0;
+        const int64_t g0 = active[a + FAR5 < n_active ? a + FAR5 : n_active - 1];
+        const int64_t g1 = active[a + FAR5 + 1 < n_active ? a + FAR5 + 1 : n_active - 1];
+        const ahead8 h0 = ahead_of(bitmaps, values, offsets, esize, words, g0);
+        const ahead8 h1 = ahead_of(bitmaps, values, offsets, esize, words, g1);
         const uint64_t *b0 = bitmaps + j0 * words, *b1 = bitmaps + j1 * words;
         const char *p0 = values + offsets[j0] * esize, *p1 = values + offsets[j1] * esize;
         const __m256 x0 = _mm256_set1_ps(x[j0]), x1 = _mm256_set1_ps(x[j1]);
         for (int64_t w = 0; w < words; w++) {
+            if (PF) {
+                prefetch_slice(h0, w);
+                prefetch_slice(h1, w);
+            }
             __m256 s[8];
             for (int c = 0; c < 8; c++) s[c] = _mm256_load_ps(acc + 64 * w + 8 * c);
             word8(b0[w], p0, x0, s, DTYPE);
