@@ -61,6 +61,20 @@ def test_all_active_and_all_zero_inputs(isa, px):
 
 
 @pytest.mark.parametrize("isa", list(ISA_FLAGS))
+@pytest.mark.parametrize("batch", [3, 8])
+@pytest.mark.parametrize("tile", [64, 1024])
+def test_batch_without_active_columns_is_zero(isa, batch, tile):
+    """A batch whose inputs are all zero, or all at or below the kernel's threshold, has no active column: its
+    product is zero (the AVX2 batch paths once left the output unwritten, whatever memory held)."""
+    W, x = problem(300, 64, 0.5, 0.0, torch.float32, batch=batch)
+    kernel = CpuSpMSpV(retile(pack(W, tile_rows=64), tile), isa=isa, threads=2)
+    for _ in range(3):  # a product before each, so the output's memory is likely to hold old sums
+        assert kernel(x).abs().sum() > 0
+        assert torch.equal(kernel(torch.zeros_like(x)), torch.zeros(batch, 300))
+        assert torch.equal(kernel(x, threshold=float(x.abs().max())), torch.zeros(batch, 300))
+
+
+@pytest.mark.parametrize("isa", list(ISA_FLAGS))
 @pytest.mark.parametrize("batch", [2, 5, 16])
 def test_small_batches(isa, batch):
     W, x = problem(300, 64, 0.5, 0.5, torch.bfloat16, batch=batch)

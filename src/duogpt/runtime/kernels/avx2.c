@@ -171,8 +171,8 @@ static inline __attribute__((always_inline)) void strip8(const uint64_t *bitmaps
     }
 }
 
-/* Batches (2..16 rows), one pass: rows 16q..16q+15 of word w of every active column (two 8-row
- * chunks, expanded once) times BG batch rows, sums in 2 x BG registers; written to y. */
+/* Batches of 2..6 rows, one pass: rows 16q..16q+15 of word w of every active column (two 8-row chunks,
+ * expanded once) times BG batch rows, sums in 2 x BG registers; written to y. */
 static inline __attribute__((always_inline)) void batch_pass(const uint64_t *bitmaps, int64_t words, int64_t w, int q,
                                                              const char *values, const int64_t *cursor,
                                                              const int32_t *active, int64_t n_active, const float *x,
@@ -216,8 +216,8 @@ static inline __attribute__((always_inline)) void batch_pass(const uint64_t *bit
 #define GROUP_BYTES (160 << 10) /* a group of columns' segments, re-read by every pass, stay in L2 */
 
 /* Columns in groups whose segments (the tile's whole height) fit GROUP_BYTES; per group, every 16 rows
- * of every word in passes of up to 6 batch rows. A tile of thousands of rows (a strip) is then read
- * once from memory, each segment contiguously. */
+ * of every word in one pass of all (up to 6) batch rows. A tile of thousands of rows (a strip) is then
+ * read once from memory, each segment contiguously. */
 static inline __attribute__((always_inline)) void batch_tile(const uint64_t *bitmaps, const char *values,
                                                              const int64_t *offsets, int64_t k, int64_t words,
                                                              const int32_t *active, int64_t n_active, const float *x,
@@ -256,15 +256,108 @@ static inline __attribute__((always_inline)) void batch_tile(const uint64_t *bit
     }
 }
 
-/* Batched rows on AVX2: one tile (any height), rows row0.. of y (batch x n). Returns 0. */
-int duogpt_avx2_batch(const uint64_t *bitmaps, const void *values, int dtype, const int64_t *offsets, int64_t k,
-                      int64_t words, const int32_t *active, int64_t n_active, const float *x, int64_t batch,
-                      int64_t *cursor, float *y, int64_t n, int64_t count) {
-    const char *v = (const char *)values;
-    if (dtype == DT_F32) batch_tile(bitmaps, v, offsets, k, words, active, n_active, x, batch, cursor, y, n, count, DT_F32);
-    else if (dtype == DT_F16) batch_tile(bitmaps, v, offsets, k, words, active, n_active, x, batch, cursor, y, n, count, DT_F16);
-    else batch_tile(bitmaps, v, offsets, k, words, active, n_active, x, batch, cursor, y, n, count, DT_BF16);
-    return 0;
+/* Batches of 7..16 rows: active columns in panels of PANEL; per panel and 64-row word, every column's word is
+ * expanded once into D (PANEL x 64 float32, in L1), then multiplied into all batch rows by a dense kernel:
+ * 16 rows x up to 6 batch rows of sums in 12 registers, two loads from D and 6 broadcasts per 12 FMAs. A
+ * later panel goes on from the sums so far, so every row is summed in the active columns' order with one
+ * rounding per add: the bits of the original batched path. Each value is read from memory once. */
+#define PANEL 64
+
+/* Word w of the panel's columns expanded into D[c * 64 + r]; each cursor moves on to word w + 1, whose
+ * values are prefetched (the next call reads them). */
+static inline __attribute__((always_inline)) void expand_panel(const uint64_t *bitmaps, int64_t words, int64_t w,
+                                                               const char *values, int64_t *cursor,
+                                                               const int32_t *active, int64_t m, float *D,
+                                                               const int DTYPE) {
+    const int64_t esize = DTYPE == DT_F32 ? 4 : 2;
+    const int scale = DTYPE == DT_F16 ? 4 : 5;
+    const uint64_t field = 0xffull << scale;
+    for (int64_t c = 0; c < m; c++) {
+        const uint64_t *bm = bitmaps + active[c] * words + w, word = bm[0];
+        const char *p = values + cursor[c] * esize;
+        for (int s = 0; s < 8; s++) {
+            const uint64_t t = (s ? word >> (8 * s - scale) : word << scale) & field;
+            _mm256_store_ps(D + 64 * c + 8 * s, chunk8(t, p, DTYPE));
+            p += __builtin_popcountll(t) * esize;
+        }
+        cursor[c] += __builtin_popcountll(word);
+        if (w + 1 < words)
+            for (int64_t e = 0; e < __builtin_popcountll(bm[1]) * esize; e += 64) __builtin_prefetch(p + e, 0, 3);
+    }
+}
+
+/* Sums of rows r..r+15 (``rows`` of them) for BG batch rows: y[b * ld + r] (+)= D rows times x[b * k + j]. */
+static inline __attribute__((always_inline)) void panel_rows(const float *D, int64_t m, const int32_t *active,
+                                                             const float *x, int64_t k, int q, float *y, int64_t ld,
+                                                             int64_t rows, int first, const int BG) {
+    __m256 acc[12];
+#pragma GCC unroll 6
+    for (int b = 0; b < BG; b++) {
+        if (first) {
+            acc[2 * b] = acc[2 * b + 1] = _mm256_setzero_ps();
+        } else if (rows >= 16) {
+            acc[2 * b] = _mm256_loadu_ps(y + b * ld);
+            acc[2 * b + 1] = _mm256_loadu_ps(y + b * ld + 8);
+        } else {
+            float tmp[16] = {0};
+            memcpy(tmp, y + b * ld, (size_t)rows * sizeof(float));
+            acc[2 * b] = _mm256_loadu_ps(tmp);
+            acc[2 * b + 1] = _mm256_loadu_ps(tmp + 8);
+        }
+    }
+    for (int64_t c = 0; c < m; c++) {
+        const __m256 d0 = _mm256_load_ps(D + 64 * c + 16 * q), d1 = _mm256_load_ps(D + 64 * c + 16 * q + 8);
+        const float *xj = x + active[c];
+#pragma GCC unroll 6
+        for (int b = 0; b < BG; b++) {
+            const __m256 xb = _mm256_broadcast_ss(xj + b * k);
+            acc[2 * b] = _mm256_fmadd_ps(d0, xb, acc[2 * b]);
+            acc[2 * b + 1] = _mm256_fmadd_ps(d1, xb, acc[2 * b + 1]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int b = 0; b < BG; b++) {
+        if (rows >= 16) {
+            _mm256_storeu_ps(y + b * ld, acc[2 * b]);
+            _mm256_storeu_ps(y + b * ld + 8, acc[2 * b + 1]);
+        } else {
+            float tmp[16];
+            _mm256_storeu_ps(tmp, acc[2 * b]);
+            _mm256_storeu_ps(tmp + 8, acc[2 * b + 1]);
+            memcpy(y + b * ld, tmp, (size_t)rows * sizeof(float));
+        }
+    }
+}
+
+/* One tile (any height; a strip's columns each read as one forward run, a panel at a time) into y. */
+static inline __attribute__((always_inline)) void panel_tile(const uint64_t *bitmaps, const char *values,
+                                                             const int64_t *offsets, int64_t k, int64_t words,
+                                                             const int32_t *active, int64_t n_active, const float *x,
+                                                             int64_t batch, int64_t *cursor, float *y, int64_t ld,
+                                                             int64_t count, const int DTYPE) {
+    float D[PANEL * 64] __attribute__((aligned(32)));
+    for (int64_t a0 = 0; a0 < n_active; a0 += PANEL) {
+        const int64_t m = n_active - a0 < PANEL ? n_active - a0 : PANEL;
+        for (int64_t c = 0; c < m; c++) cursor[c] = offsets[active[a0 + c]];
+        for (int64_t w = 0; w < words && 64 * w < count; w++) {
+            expand_panel(bitmaps, words, w, values, cursor, active + a0, m, D, DTYPE);
+            for (int q = 0; q < 4 && 64 * w + 16 * q < count; q++) {
+                const int64_t r = 64 * w + 16 * q, rows = count - r;
+                for (int64_t b0 = 0; b0 < batch; b0 += 6) {
+#define DUOGPT_ROWS(BG) panel_rows(D, m, active + a0, x + b0 * k, k, q, y + b0 * ld + r, ld, rows, a0 == 0, BG)
+                    switch (batch - b0 < 6 ? batch - b0 : 6) {
+                    case 1: DUOGPT_ROWS(1); break;
+                    case 2: DUOGPT_ROWS(2); break;
+                    case 3: DUOGPT_ROWS(3); break;
+                    case 4: DUOGPT_ROWS(4); break;
+                    case 5: DUOGPT_ROWS(5); break;
+                    default: DUOGPT_ROWS(6);
+                    }
+#undef DUOGPT_ROWS
+                }
+            }
+        }
+    }
 }
 
 #define DUOGPT_BY_DTYPE(CALL_F32, CALL_F16, CALL_BF16) \
@@ -273,6 +366,26 @@ int duogpt_avx2_batch(const uint64_t *bitmaps, const void *values, int dtype, co
         else if (dtype == DT_F16) CALL_F16;           \
         else CALL_BF16;                               \
     } while (0)
+
+/* Batched rows on AVX2: one tile (any height), rows row0.. of y (batch x n). Up to 6 rows every batch row's sums
+ * fit in registers in one pass and each expanded chunk is used straight from its register (batch_tile);
+ * more rows would expand every chunk once per 6 rows, so they take the panels (panel_tile). Returns 0. */
+int duogpt_avx2_batch(const uint64_t *bitmaps, const void *values, int dtype, const int64_t *offsets, int64_t k,
+                      int64_t words, const int32_t *active, int64_t n_active, const float *x, int64_t batch,
+                      int64_t *cursor, float *y, int64_t n, int64_t count) {
+    const char *v = (const char *)values;
+#define DUOGPT_TILE(FN, DT) FN(bitmaps, v, offsets, k, words, active, n_active, x, batch, cursor, y, n, count, DT)
+    if (n_active == 0) /* no column to add: the sums are zero (neither path writes y then) */
+        for (int64_t b = 0; b < batch; b++) memset(y + b * n, 0, (size_t)count * sizeof(float));
+    else if (batch <= 6)
+        DUOGPT_BY_DTYPE(DUOGPT_TILE(batch_tile, DT_F32), DUOGPT_TILE(batch_tile, DT_F16),
+                        DUOGPT_TILE(batch_tile, DT_BF16));
+    else
+        DUOGPT_BY_DTYPE(DUOGPT_TILE(panel_tile, DT_F32), DUOGPT_TILE(panel_tile, DT_F16),
+                        DUOGPT_TILE(panel_tile, DT_BF16));
+#undef DUOGPT_TILE
+    return 0;
+}
 
 int duogpt_avx2_tile(int v, int pf, const uint64_t *bitmaps, const void *values, int dtype, const int64_t *offsets,
                      int64_t words, const int32_t *active, int64_t n_active, const float *x, float *acc, float *out,

@@ -60,8 +60,9 @@ int duogpt_avx2_tile(int v, int pf, const uint64_t *bitmaps, const void *values,
                      int64_t count);
 int duogpt_avx2_variants(void);
 /* Batches of 2..16 rows (avx2.c): one tile into rows row0.. of y (y points at row0); cursor holds n_active
- * positions. Columns in groups that fit in L2, one pass per 16 rows and up to 6 batch rows with the sums
- * in registers. Returns 0, or -1 where not compiled. */
+ * positions. Up to 6 rows: columns in groups that fit in L2, one pass per 16 rows with the sums in
+ * registers; 7-16 rows: panels of 64 columns expanded once into L1, then a dense register-blocked product.
+ * Returns 0, or -1 where not compiled. */
 int duogpt_avx2_batch(const uint64_t *bitmaps, const void *values, int dtype, const int64_t *offsets, int64_t k,
                       int64_t words, const int32_t *active, int64_t n_active, const float *x, int64_t batch,
                       int64_t *cursor, float *y, int64_t n, int64_t count);

@@ -298,18 +298,10 @@ static int base_tile(const uint64_t *bitmaps, const void *values, int dtype, con
     return 0;
 }
 
-/* Whether a batch takes the register-blocked path (avx2.c) or the base one. Measured on an AVX2 EPYC: the
- * blocked path wins on 64-row tiles, and on taller ones up to 6 rows or with 16-bit values; a float32 strip
- * with more rows re-reads its sums once per column group and the base path is 10-25% faster there. AVX-512
- * builds keep their base path (16-lane expands): the 8-lane blocked path has not been timed against it. */
-static int batch_in_registers(int64_t words, int64_t batch, int dtype) {
-#if LANES == 16
-    (void)words, (void)batch, (void)dtype;
-    return 0;
-#else
-    return words == 1 || batch <= 6 || dtype != DT_F32;
-#endif
-}
+/* Whether a batch takes the AVX2 batch paths (avx2.c): on AVX2 builds always, as they are faster than the base
+ * path at every shape, dtype and tile height measured on an AVX2 EPYC (docs/kernel.md). AVX-512 builds keep
+ * their base path (16-lane expands): the 8-lane paths have not been timed against it. */
+static int batch_in_registers(void) { return LANES == 8; }
 
 /* One tile of one member into its rows of y (row stride ld); 0, or -1 where no path took it. */
 static int member_tile(const duogpt_member *m, int64_t t, int64_t k, const int32_t *active, int64_t n_active,
@@ -324,7 +316,7 @@ static int member_tile(const duogpt_member *m, int64_t t, int64_t k, const int32
         duogpt_variant_tile(m->variant, bm, m->values, dtype, off, words, active, n_active, x, exact, acc, ym + row0,
                             count) == 0)
         return 0;
-    if (batch > 1 && !(m->variant & VARIANT_BATCH_BASE) && batch_in_registers(words, batch, dtype) &&
+    if (batch > 1 && !(m->variant & VARIANT_BATCH_BASE) && batch_in_registers() &&
         duogpt_avx2_batch(bm, m->values, dtype, off, k, words, active, n_active, x, batch, starts, ym + row0, ld,
                           count) == 0)
         return 0;
