@@ -65,3 +65,26 @@ def test_forced_and_disabled_plans(monkeypatch, fresh_cache):
     with pytest.raises(UsageError, match="auto, off or VARIANT:TILE_ROWS"):
         tune.plan(4096, 64, torch.float32, 0.5, 256)
     assert not fresh_cache.exists()
+
+
+def test_short_calls_are_timed_more_often():
+    """A 7B-shaped call (milliseconds) is timed ROUNDS times; a call of tens of microseconds enough times for
+    MIN_SECONDS of timing, up to MAX_ROUNDS, so a few noisy calls do not pick its plan."""
+    assert tune.rounds_for(5e-3) == tune.ROUNDS
+    assert tune.ROUNDS < tune.rounds_for(1e-3) == round(tune.MIN_SECONDS / 1e-3) < tune.MAX_ROUNDS
+    assert tune.rounds_for(1e-4) == tune.rounds_for(0.0) == tune.MAX_ROUNDS
+
+
+def test_measure_times_each_candidate_as_often_as_its_length_needs(monkeypatch):
+    calls: list[int] = []
+
+    def fake_time(kernel, x, n):  # every call "takes" 1 ms
+        calls.append(n)
+        return [1e-3] * n
+
+    monkeypatch.setattr(tune, "_time", fake_time)
+    plans = [tune.Plan(0, 64), tune.Plan(0, 128)]
+    timed = tune.measure(128, 64, torch.float32, 0.5, plans, threads=1)
+    assert timed == {p: 1e-3 for p in plans}
+    per_pass = -(-tune.rounds_for(1e-3) // (2 * tune.PASSES))
+    assert calls == [3] + [per_pass] * (2 * tune.PASSES * len(plans))

@@ -11,7 +11,10 @@ column jumps, how large its L1 is. ``plan(n, k, dtype, density)`` answers for on
 - each is timed on a random packed weight of that shape and density (weights in eighths) with
   an input half zeros, every call on weights evicted from the caches first (decode reads each
   layer from memory), in two rounds of a forward and a reverse pass (a machine's speed drifts by
-  tens of percent within a minute; the drift cancels), 16 calls, median per candidate;
+  tens of percent within a minute; the drift cancels), 16 calls, median per candidate; more for a
+  short call (enough for about 50 ms of timing per candidate, at most 256 calls): at 7B shapes a
+  call takes milliseconds, at the default model's tens of microseconds, where 16 calls let the
+  noise of a few pick the plan;
 - the fastest is cached in ``tune.json`` beside the built kernel, keyed by the tuner's version,
   CPU model, shape, dtype, density and threads: a machine measures each shape once (2-6 s for a 7B
   shape), later loads read the file.
@@ -38,9 +41,10 @@ from duogpt.runtime.format import SparseLinear, segment_offsets
 from duogpt.runtime.kernels import cpu
 
 PLAN_ENV = "DUOGPT_KERNEL_PLAN"
-ROUNDS = 16
+ROUNDS, MAX_ROUNDS = 16, 256  # timed calls per candidate: at least, and at most for short calls
+MIN_SECONDS = 0.05  # timing per candidate that sets the number of calls for short calls
 PASSES = 2  # forward and reverse passes over the candidates, each this many times
-TUNE_VERSION = 2  # part of the cache key: plans measured by an older candidate list or method are measured again
+TUNE_VERSION = 3  # part of the cache key: plans measured by an older candidate list or method are measured again
 CACHE_FILE = "tune.json"
 
 
@@ -136,16 +140,26 @@ def _time(kernel: cpu.CpuSpMSpV, x: torch.Tensor, calls: int) -> list[float]:
     return out
 
 
+def rounds_for(seconds_per_call: float) -> int:
+    """Timed calls per candidate for calls of about this length: ROUNDS, or enough for MIN_SECONDS of timing."""
+    return int(min(MAX_ROUNDS, max(ROUNDS, MIN_SECONDS / max(seconds_per_call, 1e-7))))
+
+
 def measure(n: int, k: int, dtype: torch.dtype, density: float, plans: list[Plan], threads: int) -> dict[Plan, float]:
     """Median seconds per call of each plan on a random weight (one re-tiled copy alive at a time)."""
     base = random_packed(n, k, dtype, density)
     x = _input(k, dtype)
+    p0 = plans[0]
+    first = cpu.CpuSpMSpV(cpu.retile(base, p0.tile_rows, p0.align), threads=threads, variant=p0.variant)
+    first(x)
+    per_pass = -(-rounds_for(statistics.median(_time(first, x, 3))) // (2 * PASSES))
+    del first
     times: dict[Plan, list[float]] = {p: [] for p in plans}
     for order in (plans, plans[::-1]) * PASSES:
         for p in order:
             kernel = cpu.CpuSpMSpV(cpu.retile(base, p.tile_rows, p.align), threads=threads, variant=p.variant)
             kernel(x)  # warm the code path
-            times[p] += _time(kernel, x, ROUNDS // (2 * PASSES))
+            times[p] += _time(kernel, x, per_pass)
     return {p: statistics.median(t) for p, t in times.items()}
 
 
