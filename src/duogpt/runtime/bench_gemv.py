@@ -5,8 +5,8 @@ interleaved, medians:
 
 - ``dense_ms``: torch (``mv`` / ``mm``) on the dense weight;
 - ``sparse_ms``: the kernel with this CPU's plan (kernels/tune.py), ``base_ms`` the original
-  kernel (variant 0, stored tiles) in the same run, ``own_dense_ms`` the kernel on the same
-  shape at p_w = p_x = 0;
+  kernel (variant 0, stored tiles; batches by its own batched path, flag 128) in the same run,
+  ``own_dense_ms`` the kernel on the same shape at p_w = p_x = 0;
 - ``roofline_ms`` = dense bytes / the highest read rate seen in the same run (torch ``sum``, a
   streaming sum, every dense GEMV): the time of a dense GEMV that streams its weight at the
   machine's bandwidth, the strongest dense baseline there is;
@@ -116,7 +116,7 @@ def gemv_record(shape, dtype, pw, px, rows, repeats, env: dict) -> dict:
     sides = [
         dense_side(W, env["llc_bytes"], env["can_flush"]),
         kernel_side(planned, plan.variant, env["llc_bytes"], env["can_flush"]),
-        kernel_side(sp, 0, env["llc_bytes"], env["can_flush"]),
+        kernel_side(sp, cpu.VARIANT_BATCH_BASE, env["llc_bytes"], env["can_flush"]),  # batches too: the first path
     ]
     dense_ms, sparse_ms, base_ms = medians(sides, [x.to(dtype), x, x], repeats)
     dense_bytes = W.numel() * W.element_size()
@@ -234,10 +234,9 @@ def gemv_markdown(result: dict) -> str:
         f"{m['threads']} threads, torch {m['torch']}; roofline bandwidth {result['bandwidth_gbps']:.1f} GB/s, the "
         "highest read rate in the same run (torch sum, a streaming sum, every dense GEMV); "
         f"weights cold before every call ({result['cold']}); medians of {result['repeats']} "
-        "interleaved calls per side. 'original': the kernel's first version (variant 0, 256-row tiles) in the same "
-        "run; 'plan': variant:tile rows chosen for this CPU by the tuner.\n\n"
-        + markdown(head, rows)
-        + _variants_md(result)
+        "interleaved calls per side. 'original': the kernel's first version (variant 0, 256-row tiles; batches "
+        "by its own batched path, flag 128) in the same run; 'plan': variant:tile rows chosen for this CPU by the "
+        "tuner.\n\n" + markdown(head, rows) + _variants_md(result)
     )
 
 

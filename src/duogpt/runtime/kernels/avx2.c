@@ -136,8 +136,8 @@ static inline void prefetch_slice(ahead8 h, int64_t w) {
 
 /* Variant 5: a strip of words * 64 rows, sums in acc (L1), two columns per pass. With PF, each pass also
  * prefetches the two columns FAR5 ahead, a slice per word. Prefetching their whole segments at the start
- * of a pass instead (dozens of misses at once, then none) ran 1.1-1.6x slower at 7B shapes on an AVX2
- * EPYC, in float32 and bfloat16 (docs/bench-gemv-amd-avx2.md). */
+ * of a pass instead (dozens of misses at once, then none) ran 1.08-1.65x slower at 7B shapes on an AVX2
+ * EPYC, in float32 and bfloat16 (docs/kernel.md). */
 #define FAR5 6
 static inline __attribute__((always_inline)) void strip8(const uint64_t *bitmaps, const char *values,
                                                          const int64_t *offsets, int64_t words, const int32_t *active,

@@ -36,7 +36,7 @@ ISA_FLAGS = (
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _PAD_BYTES = 64
 VARIANT_COUNT = 6  # common.h
-VARIANT_NO_DP, VARIANT_NO_PF, VARIANT_PF_HEAD = 16, 32, 64
+VARIANT_NO_DP, VARIANT_NO_PF, VARIANT_PF_HEAD, VARIANT_BATCH_BASE = 16, 32, 64, 128  # common.h's flags
 
 
 def _compiler() -> str:

@@ -11,10 +11,11 @@ column jumps, how large its L1 is. ``plan(n, k, dtype, density)`` answers for on
 - each is timed on a random packed weight of that shape and density (weights in eighths) with
   an input half zeros, every call on weights evicted from the caches first (decode reads each
   layer from memory), in two rounds of a forward and a reverse pass (a machine's speed drifts by
-  tens of percent within a minute; the drift cancels), 16 calls, median per candidate; more for a
-  short call (enough for about 50 ms of timing per candidate, at most 256 calls): at 7B shapes a
-  call takes milliseconds, at the default model's tens of microseconds, where 16 calls let the
-  noise of a few pick the plan;
+  tens of percent within a minute; the drift cancels), 16 calls, median per candidate; more for
+  short calls (after a first pass over every candidate, the later passes time enough calls for
+  about 50 ms of the fastest one's, at most 256 calls in all): at 7B shapes a call takes
+  milliseconds, at the default model's tens of microseconds, where 16 calls let the noise of a few
+  pick the plan;
 - the fastest is cached in ``tune.json`` beside the built kernel, keyed by the tuner's version,
   CPU model, shape, dtype, density and threads: a machine measures each shape once (2-6 s for a 7B
   shape), later loads read the file.
@@ -149,17 +150,16 @@ def measure(n: int, k: int, dtype: torch.dtype, density: float, plans: list[Plan
     """Median seconds per call of each plan on a random weight (one re-tiled copy alive at a time)."""
     base = random_packed(n, k, dtype, density)
     x = _input(k, dtype)
-    p0 = plans[0]
-    first = cpu.CpuSpMSpV(cpu.retile(base, p0.tile_rows, p0.align), threads=threads, variant=p0.variant)
-    first(x)
-    per_pass = -(-rounds_for(statistics.median(_time(first, x, 3))) // (2 * PASSES))
-    del first
     times: dict[Plan, list[float]] = {p: [] for p in plans}
-    for order in (plans, plans[::-1]) * PASSES:
+    per_pass = ROUNDS // (2 * PASSES)
+    for i, order in enumerate((plans, plans[::-1]) * PASSES):
         for p in order:
             kernel = cpu.CpuSpMSpV(cpu.retile(base, p.tile_rows, p.align), threads=threads, variant=p.variant)
             kernel(x)  # warm the code path
             times[p] += _time(kernel, x, per_pass)
+        if i == 0:  # every candidate seen once: the later passes time as many calls as the fastest one needs
+            fastest = min(statistics.median(t) for t in times.values())
+            per_pass = max(per_pass, -(-rounds_for(fastest) // (2 * PASSES)))
     return {p: statistics.median(t) for p, t in times.items()}
 
 
