@@ -126,6 +126,19 @@ def test_batch_over_limit_is_refused():
         CpuSpMSpV(pack(W))(x)
 
 
+def test_input_of_another_width_is_refused_and_shapes_are_kept():
+    """The kernel takes (..., k) as it is (no reshape on the decode path), so it checks the width itself: an
+    input of another width would be read past its end."""
+    from duogpt.errors import UsageError
+
+    W, x = problem(64, 8, 0.5, 0.5, torch.float32, batch=3)
+    kernel = CpuSpMSpV(pack(W))
+    with pytest.raises(UsageError, match="8 features, not 9"):
+        kernel(torch.randn(3, 9))
+    assert kernel(x.reshape(3, 1, 8)).shape == (3, 1, 64) and kernel(x[0]).shape == (64,)
+    torch.testing.assert_close(kernel(x.reshape(1, 3, 8))[0], kernel(x), rtol=0, atol=0)
+
+
 def test_missing_compiler_is_a_clear_error(monkeypatch):
     from duogpt.errors import UsageError
     from duogpt.runtime.kernels import cpu

@@ -198,13 +198,13 @@ class DualSparseLinear(nn.Linear):
         if not kernel:
             return self._batched(x, reuse=not grad)  # with autograd on, backward reads the weight: no shared buffer
         shared = self.shared
-        if shared is not None and cpu:
-            y = shared[0].output(shared[1], x, rows, threshold)
+        if not cpu:
+            y = triton_spmspv.spmspv(self._stored_on_device(), x.reshape(rows, -1)).reshape(*x.shape[:-1], -1)
+        elif shared is not None:
+            y = shared[0].output(shared[1], x, threshold)  # shaped (..., out_features) already: no reshape
         else:
-            x2d = x.reshape(rows, -1)
-            y = self.cpu_kernel()(x2d, threshold) if cpu else triton_spmspv.spmspv(self._stored_on_device(), x2d)
-            y = y if y.dtype == x.dtype else y.to(x.dtype)
-        y = y.reshape(*x.shape[:-1], self.out_features)
+            y = self.cpu_kernel()(x, threshold)
+        y = y if y.dtype == x.dtype else y.to(x.dtype)
         bias = self.bias
         return y if bias is None else y + bias
 
@@ -257,24 +257,26 @@ class SharedInput:
         outputs are made again."""
         return {"members": self.members, "_product": None, "_input": None, "_pending": {}}
 
-    def output(self, slot: int, x: torch.Tensor, rows: int, threshold: float = 0.0) -> torch.Tensor:
-        """Member ``slot``'s product with ``x`` (rows of at most ``MAX_KERNEL_ROWS``; entries with ``|x| <=
-        threshold`` taken as zeros), in ``x``'s dtype. Members share one sparsifier, so one threshold."""
-        if self._input is x and slot in self._pending:
-            out = self._pending.pop(slot)
-            if not self._pending:
+    def output(self, slot: int, x: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+        """Member ``slot``'s product with ``x`` (shape (..., k), at most ``MAX_KERNEL_ROWS`` rows; entries with
+        ``|x| <= threshold`` taken as zeros), in ``x``'s dtype, shape (..., its out_features). Members share one
+        sparsifier, so one threshold."""
+        pending = self._pending
+        if self._input is x and slot in pending:
+            out = pending.pop(slot)
+            if not pending:
                 self._input = None  # the group's last member has it: hold no activation past it
             return out
         kernels = [m.cpu_kernel() for m in self.members]
         product = self._product
         if product is None or any(a is not b for a, b in zip(product.kernels, kernels, strict=True)):
             product = self._product = CpuGroupSpMSpV(kernels)
-        y = product(x.reshape(rows, -1), threshold)
-        y = y if y.dtype == x.dtype else y.to(x.dtype)
+        y = product(x, threshold)
+        y = y if y.dtype == x.dtype else y.to(x.dtype)  # once for every member
         cols = product.cols
-        outs = {i: y[:, cols[i] : cols[i + 1]] for i in range(len(kernels)) if i != slot}
-        self._input, self._pending = (x, outs) if outs else (None, {})
-        return y[:, cols[slot] : cols[slot + 1]]
+        self._pending = {i: y[..., cols[i] : cols[i + 1]] for i in range(len(kernels)) if i != slot}
+        self._input = x if self._pending else None
+        return y[..., cols[slot] : cols[slot + 1]]
 
 
 class DecodeHead(nn.Linear):

@@ -263,11 +263,15 @@ class _Member(ctypes.Structure):
 
 
 def _product(dll, fixed: tuple, x: torch.Tensor, threshold: float, total: int, threads: int) -> torch.Tensor:
-    """One call of ``duogpt_spmspv_group`` (``fixed``: members, count, dtype code, k) on a (rows, k) input."""
+    """One call of ``duogpt_spmspv_group`` (``fixed``: members, count, dtype code, k) on an input of shape
+    (..., k) with at most 16 rows; float32 output of shape (..., total), no reshape on either side."""
+    k = fixed[3]
+    if x.shape[-1] != k:
+        raise UsageError(f"the CPU kernel multiplies inputs of {k} features, not {x.shape[-1]}")
     if x.dtype != torch.float32 or not x.is_contiguous():
         x = x.float().contiguous()
-    rows = x.shape[0]
-    y = torch.empty(rows, total, dtype=torch.float32)
+    rows = x.numel() // k
+    y = torch.empty(*x.shape[:-1], total, dtype=torch.float32)
     if dll.duogpt_spmspv_group(*fixed, x.data_ptr(), rows, threshold, y.data_ptr(), total, threads) != 0:
         raise UsageError(f"the CPU kernel refused its arguments (batch {rows} must be 1..16)")
     return y
@@ -299,11 +303,9 @@ class CpuSpMSpV:
         return self.dll.duogpt_spmspv_isa().decode()
 
     def __call__(self, x: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
-        """``W @ s(x)`` for x of shape (k,) or (batch <= 16, k), ``s`` zeroing ``|x| <= threshold`` (the
-        activation sparsifier, applied inside the kernel; 0: x as given); returns float32."""
-        n, k = self.sp.shape
-        y = _product(self.dll, self._fixed, x.reshape(-1, k), threshold, n, self.threads)
-        return y.reshape(*x.shape[:-1], n)
+        """``W @ s(x)`` for x of shape (..., k) with at most 16 rows, ``s`` zeroing ``|x| <= threshold`` (the
+        activation sparsifier, applied inside the kernel; 0: x as given); float32 of shape (..., n)."""
+        return _product(self.dll, self._fixed, x, threshold, self.sp.shape[0], self.threads)
 
 
 class CpuGroupSpMSpV:
@@ -331,5 +333,6 @@ class CpuGroupSpMSpV:
         self._fixed = (ctypes.byref(self._members), len(kernels), _DTYPE_CODES[dtype], k)
 
     def __call__(self, x: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
-        """``[W_0 s(x), W_1 s(x), ...]`` side by side for x of shape (rows <= 16, k); float32 (rows, sum of n)."""
+        """``[W_0 s(x), W_1 s(x), ...]`` side by side for x of shape (..., k) with at most 16 rows; float32 of
+        shape (..., sum of n)."""
         return _product(self.dll, self._fixed, x, threshold, self.cols[-1], self.threads)
