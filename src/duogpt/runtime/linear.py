@@ -186,6 +186,13 @@ class DualSparseLinear(nn.Linear):
         return _Attached(self, sp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shared = self.shared
+        if shared is not None and self.use_kernel and not torch.is_grad_enabled():
+            y = shared[0].take(shared[1], x)  # computed with a sibling's call on this very input
+            if y is not None:
+                if self.sparsifier is not None:
+                    self.sparsifier.calls += 1
+                return y if self.bias is None else y + self.bias
         rows = x.numel() // x.shape[-1]
         grad = torch.is_grad_enabled()
         kernel = self.use_kernel and rows <= MAX_KERNEL_ROWS and not grad
@@ -197,7 +204,6 @@ class DualSparseLinear(nn.Linear):
                 x, threshold = sp(x), 0.0
         if not kernel:
             return self._batched(x, reuse=not grad)  # with autograd on, backward reads the weight: no shared buffer
-        shared = self.shared
         if not cpu:
             y = triton_spmspv.spmspv(self._stored_on_device(), x.reshape(rows, -1)).reshape(*x.shape[:-1], -1)
         elif shared is not None:
@@ -257,15 +263,21 @@ class SharedInput:
         outputs are made again."""
         return {"members": self.members, "_product": None, "_input": None, "_pending": {}}
 
+    def take(self, slot: int, x: torch.Tensor) -> torch.Tensor | None:
+        """Member ``slot``'s output if the group computed it with this very input tensor and it is not taken yet."""
+        if self._input is not x:
+            return None
+        out = self._pending.pop(slot, None)
+        if not self._pending:
+            self._input = None  # the group's last member has it: hold no activation past it
+        return out
+
     def output(self, slot: int, x: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
         """Member ``slot``'s product with ``x`` (shape (..., k), at most ``MAX_KERNEL_ROWS`` rows; entries with
         ``|x| <= threshold`` taken as zeros), in ``x``'s dtype, shape (..., its out_features). Members share one
         sparsifier, so one threshold."""
-        pending = self._pending
-        if self._input is x and slot in pending:
-            out = pending.pop(slot)
-            if not pending:
-                self._input = None  # the group's last member has it: hold no activation past it
+        out = self.take(slot, x)
+        if out is not None:
             return out
         kernels = [m.cpu_kernel() for m in self.members]
         product = self._product
