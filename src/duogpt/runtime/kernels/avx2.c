@@ -171,6 +171,19 @@ static inline __attribute__((always_inline)) void strip8(const uint64_t *bitmaps
     }
 }
 
+/* CALL(BG) with BG = min(rows, 6) as a constant (each count its own register allocation). */
+#define DUOGPT_BY_ROWS(rows, CALL)                  \
+    do {                                            \
+        switch ((rows) < 6 ? (rows) : 6) {          \
+        case 1: CALL(1); break;                     \
+        case 2: CALL(2); break;                     \
+        case 3: CALL(3); break;                     \
+        case 4: CALL(4); break;                     \
+        case 5: CALL(5); break;                     \
+        default: CALL(6);                           \
+        }                                           \
+    } while (0)
+
 /* Batches of 2..6 rows, one pass: rows 16q..16q+15 of word w of every active column (two 8-row chunks,
  * expanded once) times BG batch rows, sums in 2 x BG registers; written to y. */
 static inline __attribute__((always_inline)) void batch_pass(const uint64_t *bitmaps, int64_t words, int64_t w, int q,
@@ -240,14 +253,7 @@ static inline __attribute__((always_inline)) void batch_tile(const uint64_t *bit
                     float *yb = y + b0 * n + r;
 #define DUOGPT_PASS(BG) \
     batch_pass(bitmaps, words, w, q, values, cursor + a0, active + a0, m, xb, k, yb, n, left, first, BG, DTYPE)
-                    switch (batch - b0 < 6 ? batch - b0 : 6) {
-                    case 1: DUOGPT_PASS(1); break;
-                    case 2: DUOGPT_PASS(2); break;
-                    case 3: DUOGPT_PASS(3); break;
-                    case 4: DUOGPT_PASS(4); break;
-                    case 5: DUOGPT_PASS(5); break;
-                    default: DUOGPT_PASS(6);
-                    }
+                    DUOGPT_BY_ROWS(batch - b0, DUOGPT_PASS);
 #undef DUOGPT_PASS
                 }
             }
@@ -345,14 +351,7 @@ static inline __attribute__((always_inline)) void panel_tile(const uint64_t *bit
                 const int64_t r = 64 * w + 16 * q, rows = count - r;
                 for (int64_t b0 = 0; b0 < batch; b0 += 6) {
 #define DUOGPT_ROWS(BG) panel_rows(D, m, active + a0, x + b0 * k, k, q, y + b0 * ld + r, ld, rows, a0 == 0, BG)
-                    switch (batch - b0 < 6 ? batch - b0 : 6) {
-                    case 1: DUOGPT_ROWS(1); break;
-                    case 2: DUOGPT_ROWS(2); break;
-                    case 3: DUOGPT_ROWS(3); break;
-                    case 4: DUOGPT_ROWS(4); break;
-                    case 5: DUOGPT_ROWS(5); break;
-                    default: DUOGPT_ROWS(6);
-                    }
+                    DUOGPT_BY_ROWS(batch - b0, DUOGPT_ROWS);
 #undef DUOGPT_ROWS
                 }
             }
