@@ -186,15 +186,14 @@ class DualSparseLinear(nn.Linear):
         return _Attached(self, sp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shared = self.shared
-        if shared is not None and self.use_kernel and not torch.is_grad_enabled():
+        shared, grad = self.shared, torch.is_grad_enabled()
+        if shared is not None and self.use_kernel and not grad:
             y = shared[0].take(shared[1], x)  # computed with a sibling's call on this very input
             if y is not None:
                 if self.sparsifier is not None:
                     self.sparsifier.calls += 1
                 return y if self.bias is None else y + self.bias
         rows = x.numel() // x.shape[-1]
-        grad = torch.is_grad_enabled()
         kernel = self.use_kernel and rows <= MAX_KERNEL_ROWS and not grad
         cpu = kernel and not gpu_path(x)
         sp, threshold = self.sparsifier, 0.0
