@@ -33,6 +33,7 @@ from duogpt.errors import UsageError
 from duogpt.files import check_out_dir, staged_dir
 from duogpt.models import Block, find_blocks, layers_prefix, load_model, source_dtype
 from duogpt.pruning import sparsify
+from duogpt.runtime.decode_step import lean_decode
 from duogpt.runtime.format import unpack
 from duogpt.runtime.linear import (
     RUNTIMES,
@@ -195,6 +196,7 @@ def load(path: str | Path, device: str = "cpu", sparsify_prefill: bool | None = 
         if not isinstance(prefill, bool):
             raise UsageError(f"{Path(path) / META_FILE}: config.sparsify_prefill must be true or false")
         sparsify.install(model, meta["thresholds"], prefill)
+    lean_decode(model)  # both runtimes: the dense one is then the strongest dense path, not transformers' forward
     return model, tokenizer, meta
 
 
@@ -208,6 +210,7 @@ def load_any(model: str | None, device: str = "cpu", runtime: str | None = None)
     lm, tokenizer = load_model(model, device=device)
     if runtime == "sparse":
         to_sparse_runtime(lm)
+    lean_decode(lm)
     return lm, tokenizer, None
 
 

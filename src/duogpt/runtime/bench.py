@@ -16,6 +16,7 @@ from duogpt.logs import muted
 from duogpt.pruning.pipeline import prune_model
 from duogpt.pruning.sparsify import install
 from duogpt.report import markdown
+from duogpt.runtime.decode_step import lean_decode
 from duogpt.runtime.generate import greedy
 from duogpt.runtime.kernels.cpu import CpuSpMSpV, cpu_model
 from duogpt.runtime.linear import to_sparse_runtime
@@ -120,6 +121,15 @@ def decode_rates(dense, sparse, input_ids, new_tokens: int, rounds: int) -> tupl
     return d, s, t_dense, t_sparse
 
 
+def three_way_rates(dense, sparse, input_ids, new_tokens: int, rounds: int) -> dict:
+    """Dense weights through transformers' own layer forward, dense weights through the lean decode step
+    (``decode_step``: the strongest dense path here), and the sparse runtime, interleaved."""
+    sides = [(dense, lambda: lean_decode(dense, False)), (dense, lambda: lean_decode(dense)), (sparse, None)]
+    (plain, lean, fast), (t_plain, t_lean, t_fast) = interleaved_rates(sides, input_ids, new_tokens, rounds)
+    lean_decode(dense)
+    return {"rates": (plain, lean, fast), "tokens": (t_plain, t_lean, t_fast)}
+
+
 def compare_decode(reference, candidate, input_ids, new_tokens: int, rounds: int) -> tuple[float, float]:
     """Two models' greedy decoding, interleaved; median tokens/s of each."""
     (base, fast), _ = interleaved_rates([(reference, None), (candidate, None)], input_ids, new_tokens, rounds)
@@ -145,7 +155,7 @@ def random_llama(layers: int, dtype: torch.dtype, hidden=4096, ffn=11008, heads=
 
 def pruned_stack(layers: int, dtype: torch.dtype, gen: torch.Generator, **shape):
     """A random 7B-shaped stack pruned 50/50 by magnitude (calibration drawn from ``gen``): the masked
-    dense model and its sparse runtime, both with the activation sparsifiers, on the CPU."""
+    dense model and its sparse runtime, both with the activation sparsifiers and the lean decode step, on the CPU."""
     model = random_llama(layers, dtype, **shape)
     samples = torch.randint(0, model.config.vocab_size, (4, 64), generator=gen)
     cfg = PruneConfig(method="magnitude", weight_sparsity=0.5, act_sparsity=0.5, nsamples=4, seqlen=64)
@@ -154,6 +164,7 @@ def pruned_stack(layers: int, dtype: torch.dtype, gen: torch.Generator, **shape)
     sparse_model = random_llama(layers, dtype, **shape)
     sparse_model.load_state_dict(model.state_dict())
     to_sparse_runtime(sparse_model)
+    lean_decode(model)
     install(sparse_model, result.thresholds)
     return model, sparse_model
 
@@ -177,31 +188,20 @@ def decode(
         dense_model, _, _ = ckpt.load(checkpoint, device=device, runtime="dense")
         ids = tokenizer("The jury said it did find that many of Georgia's registration laws", return_tensors="pt")
         ids = ids["input_ids"].to(device)
-        dense, sparse, t_dense, t_sparse = decode_rates(dense_model, model, ids, new_tokens, rounds)
+        measured = three_way_rates(dense_model, model, ids, new_tokens, rounds)
         bytes_per_token = linear_bytes(dense_model)
         del dense_model
-        records.append(
-            _decode_record(f"checkpoint {checkpoint}", str(model.dtype), dense, sparse, t_dense, t_sparse, meta)
-        )
-        records[-1].update(_roofline(bytes_per_token, bandwidth, sparse))
+        records.append(_decode_record(f"checkpoint {checkpoint}", str(model.dtype), measured, meta))
+        records[-1].update(_roofline(bytes_per_token, bandwidth, records[-1]["sparse_tok_s"]))
         progress(_decode_line(records[-1]))
     gen = torch.Generator().manual_seed(0)
     model, sparse_model = pruned_stack(layers, dtype, gen, **shape)
     ids = torch.randint(0, model.config.vocab_size, (1, 16), generator=gen).to(device)
     model, sparse_model = model.to(device), sparse_model.to(device)
-    dense, sparse, t_dense, t_sparse = decode_rates(model, sparse_model, ids, new_tokens, rounds)
-    records.append(
-        _decode_record(
-            f"random Llama-7B-shaped stack, {layers} blocks, magnitude 50/50",
-            str(dtype),
-            dense,
-            sparse,
-            t_dense,
-            t_sparse,
-            None,
-        )
-    )
-    records[-1].update(_roofline(linear_bytes(model), bandwidth, sparse))
+    measured = three_way_rates(model, sparse_model, ids, new_tokens, rounds)
+    name = f"random Llama-7B-shaped stack, {layers} blocks, magnitude 50/50"
+    records.append(_decode_record(name, str(dtype), measured, None))
+    records[-1].update(_roofline(linear_bytes(model), bandwidth, records[-1]["sparse_tok_s"]))
     progress(_decode_line(records[-1]))
     return {
         "kind": "decode",
@@ -230,14 +230,19 @@ def _roofline(bytes_per_token: int, bandwidth: float | None, sparse_tok_s: float
     }
 
 
-def _decode_record(model, dtype, dense, sparse, t_dense, t_sparse, meta) -> dict:
-    same = next((i for i, (a, b) in enumerate(zip(t_dense, t_sparse, strict=True)) if a != b), None)
+def _decode_record(model, dtype, measured: dict, meta) -> dict:
+    """``dense_tok_s``: dense weights, transformers' forward; ``dense_lean_tok_s``: dense weights, the lean
+    decode step; ``same_greedy_tokens``: all three sides chose the same tokens."""
+    (dense, lean, sparse), (t_dense, t_lean, t_sparse) = measured["rates"], measured["tokens"]
+    same = next((i for i, (a, b, c) in enumerate(zip(t_dense, t_lean, t_sparse, strict=True)) if not a == b == c), None)
     return {
         "model": model,
         "dtype": dtype.replace("torch.", ""),
         "dense_tok_s": dense,
+        "dense_lean_tok_s": lean,
         "sparse_tok_s": sparse,
         "speedup": sparse / dense,
+        "speedup_vs_lean_dense": sparse / lean,
         "same_greedy_tokens": same is None,
         "first_divergence": same,
         "method": meta and meta["config"]["method"],
@@ -247,8 +252,9 @@ def _decode_record(model, dtype, dense, sparse, t_dense, t_sparse, meta) -> dict
 def _decode_line(r: dict) -> str:
     roof = f", dense roofline {r['roofline_tok_s']:.2f} tok/s" if "roofline_tok_s" in r else ""
     return (
-        f"{r['model']} ({r['dtype']}): dense {r['dense_tok_s']:.2f} tok/s, sparse {r['sparse_tok_s']:.2f} tok/s, "
-        f"{r['speedup']:.2f}x{roof}, same tokens: {r['same_greedy_tokens']}"
+        f"{r['model']} ({r['dtype']}): dense {r['dense_tok_s']:.2f} tok/s (lean step {r['dense_lean_tok_s']:.2f}), "
+        f"sparse {r['sparse_tok_s']:.2f} tok/s, {r['speedup']:.2f}x ({r['speedup_vs_lean_dense']:.2f}x the lean "
+        f"dense){roof}, same tokens: {r['same_greedy_tokens']}"
     )
 
 
@@ -258,16 +264,18 @@ def decode_markdown(result: dict) -> str:
             r["model"],
             r["dtype"],
             f"{r['dense_tok_s']:.2f}",
+            f"{r['dense_lean_tok_s']:.2f}",
             f"{r['sparse_tok_s']:.2f}",
             f"{r['speedup']:.2f}x",
+            f"{r['speedup_vs_lean_dense']:.2f}x",
             f"{r['roofline_tok_s']:.2f}" if "roofline_tok_s" in r else "",
             f"{r['roofline_speedup']:.2f}x" if "roofline_speedup" in r else "",
             "yes" if r["same_greedy_tokens"] else f"no (from token {r['first_divergence']})",
         ]
         for r in result["records"]
     ]
-    head = ["model", "dtype", "dense tok/s", "sparse tok/s", "vs dense", "dense roofline tok/s", "vs roofline",
-            "same greedy tokens"]  # fmt: skip
+    head = ["model", "dtype", "dense tok/s", "dense, lean step", "sparse tok/s", "vs dense", "vs lean dense",
+            "dense roofline tok/s", "vs roofline", "same greedy tokens"]  # fmt: skip
     m = result["machine"]
     bw = result.get("bandwidth_gbps")
     roof = (
@@ -277,8 +285,9 @@ def decode_markdown(result: dict) -> str:
         else ""
     )
     return (
-        "Decode, dense runtime (masked dense weights) vs sparse runtime (packed weights, spMspV kernel), two "
-        f"models with the same sparsifiers. Machine: {m['cpu']}, {m['threads']} threads; "
+        "Decode, dense runtime (masked dense weights; through transformers' layer forward, and through duogpt's lean "
+        "decode step, the strongest dense path here) vs sparse runtime (packed weights, spMspV kernel, lean decode "
+        f"step), with the same sparsifiers. Machine: {m['cpu']}, {m['threads']} threads; "
         f"{result['new_tokens']} new tokens, median of {result['rounds']} interleaved rounds.{roof}\n\n"
         + markdown(head, rows)
     )

@@ -30,6 +30,7 @@ from torch import nn
 from duogpt.errors import UsageError
 from duogpt.hardware import fast_half_matmul
 from duogpt.models import find_blocks
+from duogpt.runtime.decode_step import lean_decode
 from duogpt.runtime.format import DEFAULT_TILE_ROWS, SparseLinear, pack, validate
 from duogpt.runtime.kernels import triton_spmspv, tune
 from duogpt.runtime.kernels.cpu import (
@@ -315,8 +316,10 @@ class DecodeHead(nn.Linear):
 
 def decode_paths(model: nn.Module) -> None:
     """The sparse runtime's decode shortcuts on a model: linears that share an input linked
-    (``share_inputs``), the LM head's one-row products by the dense kernel (``DecodeHead``)."""
+    (``share_inputs``), the LM head's one-row products by the dense kernel (``DecodeHead``), the
+    lean decode step of the layers (``decode_step.lean_decode``)."""
     share_inputs(model)
+    lean_decode(model)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if type(head) is nn.Linear and head.weight.dtype in (torch.float32, torch.float16, torch.bfloat16):
         model.set_output_embeddings(DecodeHead.replacing(head))
