@@ -33,12 +33,12 @@ from duogpt.errors import UsageError
 from duogpt.files import check_out_dir, staged_dir
 from duogpt.models import Block, find_blocks, layers_prefix, load_model, source_dtype
 from duogpt.pruning import sparsify
-from duogpt.runtime.decode_step import lean_decode
 from duogpt.runtime.format import unpack
 from duogpt.runtime.linear import (
     RUNTIMES,
     DualSparseLinear,
     decode_paths,
+    dense_decode_paths,
     load_packed,
     packed_form,
     read_packed,
@@ -196,7 +196,7 @@ def load(path: str | Path, device: str = "cpu", sparsify_prefill: bool | None = 
         if not isinstance(prefill, bool):
             raise UsageError(f"{Path(path) / META_FILE}: config.sparsify_prefill must be true or false")
         sparsify.install(model, meta["thresholds"], prefill)
-    lean_decode(model)  # both runtimes: the dense one is then the strongest dense path, not transformers' forward
+    dense_decode_paths(model)  # both runtimes: the lean decode step, the LM head by the dense kernel
     return model, tokenizer, meta
 
 
@@ -210,7 +210,7 @@ def load_any(model: str | None, device: str = "cpu", runtime: str | None = None)
     lm, tokenizer = load_model(model, device=device)
     if runtime == "sparse":
         to_sparse_runtime(lm)
-    lean_decode(lm)
+    dense_decode_paths(lm)
     return lm, tokenizer, None
 
 

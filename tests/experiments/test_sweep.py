@@ -121,3 +121,14 @@ def test_cells_from_other_data_are_run_again(tiny_checkpoint, corpus, tmp_path, 
     calls.clear()
     assert _run(tiny_checkpoint, corpus, out, "--no-speed", "--task-items", "1") == 0  # other task settings
     assert len(calls) == len(json.loads((out / "results.json").read_text())["results"])
+
+
+def test_preset_sections_split_a_results_document_by_preset():
+    from duogpt.experiments.outputs import preset_sections
+
+    doc = "# Results\n\nintro\n### Preset `paper`\n\ntable 1\n### Preset `ablate-alpha`\n\ntable 2\n"
+    sections = preset_sections(doc)
+    assert list(sections) == ["paper", "ablate-alpha"]
+    assert sections["paper"] == "### Preset `paper`\n\ntable 1\n"
+    assert sections["ablate-alpha"].endswith("table 2\n")
+    assert preset_sections("# Results\n") == {}

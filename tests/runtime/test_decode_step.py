@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, DynamicCache
 from conftest import tiny_model
 from duogpt import checkpoint
 from duogpt.runtime.decode_step import has_lean_decode, lean_decode, qualifies
+from duogpt.runtime.linear import DecodeHead, dense_decode_paths
 from test_families import FAMILIES
 
 LEAN_FAMILIES = {"llama3", "mistral", "qwen2", "qwen3", "gemma", "smollm3"}
@@ -135,3 +136,11 @@ def test_loaded_checkpoints_decode_through_the_lean_step_with_the_same_bits(
     lean = _decode_logits(model, ids, 5)
     lean_decode(model, enabled=False)
     _assert_same_bits(_decode_logits(model, ids, 5), lean)
+    head = model.get_output_embeddings()
+    assert isinstance(head, DecodeHead)  # the one-row head by the dense kernel, on either runtime
+    dense_decode_paths(model, enabled=False)
+    plain = model.get_output_embeddings()
+    assert type(plain) is torch.nn.Linear and plain.weight is head.weight is model.model.embed_tokens.weight
+    assert not has_lean_decode(model)
+    for a, b in zip(_decode_logits(model, ids, 5), lean, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import statistics
 from pathlib import Path
 
@@ -167,6 +168,13 @@ def write_outputs(
     text = "\n".join(doc)
     write_text(out / "results.md", text)
     return text
+
+
+def preset_sections(text: str) -> dict[str, str]:
+    """The sections of a document of sweep results (``write_outputs``' text), by preset name, in order."""
+    marks = list(re.finditer(r"^### Preset `([^`]+)`$", text, re.M))
+    ends = [m.start() for m in marks[1:]] + [len(text)] * bool(marks)
+    return {m.group(1): text[m.start() : end] for m, end in zip(marks, ends, strict=True)}
 
 
 def _plots(results: list[dict], plot_dir: Path, title: str, preset: Preset) -> list[tuple[str, Path]]:

@@ -38,8 +38,7 @@ from duogpt.pruning import sparsify
 from duogpt.pruning.pipeline import prune_model
 from duogpt.runtime import bench
 from duogpt.runtime.costmodel import decode_cost
-from duogpt.runtime.decode_step import lean_decode
-from duogpt.runtime.linear import to_sparse_runtime
+from duogpt.runtime.linear import dense_decode_paths, to_sparse_runtime
 
 SPEED_PROMPT = "The jury said it did find that many of Georgia's registration laws"
 
@@ -130,7 +129,7 @@ def _measure_speed(cell: Cell, lm, tokenizer, thresholds, opts: SweepOptions) ->
     ids = tokenizer(SPEED_PROMPT, return_tensors="pt")["input_ids"]
     if cell.kind in ("dual", "activation-only"):
         sparsify.uninstall(lm)
-        lean_decode(lm)  # the dense side decodes through the same lean step as the sparse runtime
+        dense_decode_paths(lm)  # the dense side gets the sparse runtime's shortcuts for dense weights
         sparse = to_sparse_runtime(copy.deepcopy(lm))
         for model in (lm, sparse):
             sparsify.install(model, thresholds)

@@ -16,10 +16,9 @@ from duogpt.logs import muted
 from duogpt.pruning.pipeline import prune_model
 from duogpt.pruning.sparsify import install
 from duogpt.report import markdown
-from duogpt.runtime.decode_step import lean_decode
 from duogpt.runtime.generate import greedy
 from duogpt.runtime.kernels.cpu import CpuSpMSpV, cpu_model
-from duogpt.runtime.linear import to_sparse_runtime
+from duogpt.runtime.linear import dense_decode_paths, to_sparse_runtime
 
 LLAMA7B_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
 DEFAULT_MODEL_SHAPES = [(576, 576), (1536, 576), (576, 1536)]
@@ -122,11 +121,13 @@ def decode_rates(dense, sparse, input_ids, new_tokens: int, rounds: int) -> tupl
 
 
 def three_way_rates(dense, sparse, input_ids, new_tokens: int, rounds: int) -> dict:
-    """Dense weights through transformers' own layer forward, dense weights through the lean decode step
-    (``decode_step``: the strongest dense path here), and the sparse runtime, interleaved."""
-    sides = [(dense, lambda: lean_decode(dense, False)), (dense, lambda: lean_decode(dense)), (sparse, None)]
+    """Dense weights through transformers' own layer forward and head; dense weights through duogpt's decode
+    paths for dense weights (``dense_decode_paths``: the lean decode step, the head by the dense kernel; the
+    strongest dense path here short of the roofline); and the sparse runtime. Interleaved, in turn."""
+    plain, lean = (lambda: dense_decode_paths(dense, False)), (lambda: dense_decode_paths(dense))
+    sides = [(dense, plain), (dense, lean), (sparse, None)]
     (plain, lean, fast), (t_plain, t_lean, t_fast) = interleaved_rates(sides, input_ids, new_tokens, rounds)
-    lean_decode(dense)
+    dense_decode_paths(dense)
     return {"rates": (plain, lean, fast), "tokens": (t_plain, t_lean, t_fast)}
 
 
@@ -155,7 +156,8 @@ def random_llama(layers: int, dtype: torch.dtype, hidden=4096, ffn=11008, heads=
 
 def pruned_stack(layers: int, dtype: torch.dtype, gen: torch.Generator, **shape):
     """A random 7B-shaped stack pruned 50/50 by magnitude (calibration drawn from ``gen``): the masked
-    dense model and its sparse runtime, both with the activation sparsifiers and the lean decode step, on the CPU."""
+    dense model and its sparse runtime, both with the activation sparsifiers and the decode paths for dense
+    weights (``dense_decode_paths``), on the CPU."""
     model = random_llama(layers, dtype, **shape)
     samples = torch.randint(0, model.config.vocab_size, (4, 64), generator=gen)
     cfg = PruneConfig(method="magnitude", weight_sparsity=0.5, act_sparsity=0.5, nsamples=4, seqlen=64)
@@ -164,7 +166,7 @@ def pruned_stack(layers: int, dtype: torch.dtype, gen: torch.Generator, **shape)
     sparse_model = random_llama(layers, dtype, **shape)
     sparse_model.load_state_dict(model.state_dict())
     to_sparse_runtime(sparse_model)
-    lean_decode(model)
+    dense_decode_paths(model)
     install(sparse_model, result.thresholds)
     return model, sparse_model
 
@@ -231,8 +233,9 @@ def _roofline(bytes_per_token: int, bandwidth: float | None, sparse_tok_s: float
 
 
 def _decode_record(model, dtype, measured: dict, meta) -> dict:
-    """``dense_tok_s``: dense weights, transformers' forward; ``dense_lean_tok_s``: dense weights, the lean
-    decode step; ``same_greedy_tokens``: all three sides chose the same tokens."""
+    """``dense_tok_s``: dense weights, transformers' forward and head; ``dense_lean_tok_s``: dense weights, the
+    lean decode step and the head by the dense kernel; ``same_greedy_tokens``: all three sides chose the same
+    tokens."""
     (dense, lean, sparse), (t_dense, t_lean, t_sparse) = measured["rates"], measured["tokens"]
     same = next((i for i, (a, b, c) in enumerate(zip(t_dense, t_lean, t_sparse, strict=True)) if not a == b == c), None)
     return {
@@ -252,7 +255,7 @@ def _decode_record(model, dtype, measured: dict, meta) -> dict:
 def _decode_line(r: dict) -> str:
     roof = f", dense roofline {r['roofline_tok_s']:.2f} tok/s" if "roofline_tok_s" in r else ""
     return (
-        f"{r['model']} ({r['dtype']}): dense {r['dense_tok_s']:.2f} tok/s (lean step {r['dense_lean_tok_s']:.2f}), "
+        f"{r['model']} ({r['dtype']}): dense {r['dense_tok_s']:.2f} tok/s (lean {r['dense_lean_tok_s']:.2f}), "
         f"sparse {r['sparse_tok_s']:.2f} tok/s, {r['speedup']:.2f}x ({r['speedup_vs_lean_dense']:.2f}x the lean "
         f"dense){roof}, same tokens: {r['same_greedy_tokens']}"
     )
@@ -274,7 +277,7 @@ def decode_markdown(result: dict) -> str:
         ]
         for r in result["records"]
     ]
-    head = ["model", "dtype", "dense tok/s", "dense, lean step", "sparse tok/s", "vs dense", "vs lean dense",
+    head = ["model", "dtype", "dense tok/s", "lean dense tok/s", "sparse tok/s", "vs dense", "vs lean dense",
             "dense roofline tok/s", "vs roofline", "same greedy tokens"]  # fmt: skip
     m = result["machine"]
     bw = result.get("bandwidth_gbps")
@@ -285,9 +288,10 @@ def decode_markdown(result: dict) -> str:
         else ""
     )
     return (
-        "Decode, dense runtime (masked dense weights; through transformers' layer forward, and through duogpt's lean "
-        "decode step, the strongest dense path here) vs sparse runtime (packed weights, spMspV kernel, lean decode "
-        f"step), with the same sparsifiers. Machine: {m['cpu']}, {m['threads']} threads; "
+        "Decode, dense runtime (masked dense weights) vs sparse runtime (packed weights, spMspV kernel), with the "
+        "same sparsifiers. 'dense': transformers' layer forward and LM head; 'lean dense': the dense weights "
+        "through the lean decode step and the head by the dense kernel, as the sparse runtime runs them (the "
+        f"strongest dense path here short of the roofline). Machine: {m['cpu']}, {m['threads']} threads; "
         f"{result['new_tokens']} new tokens, median of {result['rounds']} interleaved rounds.{roof}\n\n"
         + markdown(head, rows)
     )

@@ -316,13 +316,25 @@ class DecodeHead(nn.Linear):
 
 def decode_paths(model: nn.Module) -> None:
     """The sparse runtime's decode shortcuts on a model: linears that share an input linked
-    (``share_inputs``), the LM head's one-row products by the dense kernel (``DecodeHead``), the
-    lean decode step of the layers (``decode_step.lean_decode``)."""
+    (``share_inputs``), and those that apply to dense weights too (``dense_decode_paths``)."""
     share_inputs(model)
-    lean_decode(model)
+    dense_decode_paths(model)
+
+
+def dense_decode_paths(model: nn.Module, enabled: bool = True) -> None:
+    """Decode shortcuts for any weights: the LM head's one-row products by the dense kernel
+    (``DecodeHead``) and the lean decode step of the layers (``decode_step.lean_decode``).
+    ``enabled`` False gives back transformers' head (the same weight parameter) and layer forward."""
+    lean_decode(model, enabled)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if type(head) is nn.Linear and head.weight.dtype in (torch.float32, torch.float16, torch.bfloat16):
+    if enabled and type(head) is nn.Linear and head.weight.dtype in (torch.float32, torch.float16, torch.bfloat16):
         model.set_output_embeddings(DecodeHead.replacing(head))
+    elif not enabled and type(head) is DecodeHead:
+        plain = nn.Linear.__new__(nn.Linear)
+        nn.Module.__init__(plain)
+        plain.in_features, plain.out_features = head.in_features, head.out_features
+        plain.weight, plain.bias = head.weight, head.bias
+        model.set_output_embeddings(plain)
 
 
 def share_inputs(model: nn.Module) -> int:
