@@ -124,11 +124,11 @@ def three_way_rates(dense, sparse, input_ids, new_tokens: int, rounds: int) -> d
     """Dense weights through transformers' own layer forward and head; dense weights through duogpt's decode
     paths for dense weights (``dense_decode_paths``: the lean decode step, the head by the dense kernel; the
     strongest dense path here short of the roofline); and the sparse runtime. Interleaved, in turn."""
-    plain, lean = (lambda: dense_decode_paths(dense, False)), (lambda: dense_decode_paths(dense))
-    sides = [(dense, plain), (dense, lean), (sparse, None)]
-    (plain, lean, fast), (t_plain, t_lean, t_fast) = interleaved_rates(sides, input_ids, new_tokens, rounds)
+    sides = [(dense, lambda: dense_decode_paths(dense, False)), (dense, lambda: dense_decode_paths(dense)),
+             (sparse, None)]  # fmt: skip
+    rates, tokens = interleaved_rates(sides, input_ids, new_tokens, rounds)
     dense_decode_paths(dense)
-    return {"rates": (plain, lean, fast), "tokens": (t_plain, t_lean, t_fast)}
+    return {"rates": tuple(rates), "tokens": tuple(tokens)}
 
 
 def compare_decode(reference, candidate, input_ids, new_tokens: int, rounds: int) -> tuple[float, float]:

@@ -3,7 +3,7 @@
 On a CPU a decode step of a small model spends more time around the arithmetic than in it:
 transformers' layer forward goes through decorators, kwargs plumbing, the attention-interface
 lookup, ``rotate_half`` (slices, a negation and a concatenation per tensor) and hub-kernel
-wrappers, about 0.15 ms per layer on the 135M default model (measured: docs/bench-decode.md).
+wrappers: 0.15 ms per layer and token on the 135M default model (measured: docs/kernel.md).
 ``lean_decode(model)`` gives every qualifying layer a forward that, for a decode step, does
 
     a = input_layernorm(h)
