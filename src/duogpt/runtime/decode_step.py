@@ -128,18 +128,23 @@ def _is_decode_step(layer, hidden_states: torch.Tensor, args: tuple, kwargs: dic
         and kwargs.get("attention_mask") is None
         and pos is not None
         and pos[1].shape[-1] == attn.head_dim <= 256
-        and (kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None)
+        and _cache(kwargs) is not None
         and not kwargs.get("output_attentions")
         and not layer.training
         and attn.config._attn_implementation == "sdpa"
     )
 
 
+def _cache(kwargs: dict):
+    """The layer call's KV cache: ``cache`` (transformers >= 5.25) or ``past_key_values`` (earlier 5.x)."""
+    cache = kwargs.get("cache")
+    return kwargs.get("past_key_values") if cache is None else cache
+
+
 def _lean_step(self, rope: _Rope, hidden_states: torch.Tensor, kwargs: dict) -> torch.Tensor:
     """One decode step of layer ``self`` (see the module's docstring)."""
     attn, mlp = self.self_attn, self.mlp
-    cache = kwargs.get("cache")
-    cache = kwargs.get("past_key_values") if cache is None else cache
+    cache = _cache(kwargs)
     b, d = hidden_states.shape[0], attn.head_dim
     a = self.input_layernorm(hidden_states)
     q = attn.q_proj(a).view(b, -1, 1, d)
