@@ -289,22 +289,26 @@ def test_group_product_refuses_mixed_members():
 @pytest.mark.parametrize("isa", list(ISA_FLAGS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape", [(49, 576), (1, 7), (130, 33), (4, 16), (0, 8)])
-def test_dense_row_matches_a_float64_product(isa, dtype, shape):
-    """Rows in steps of four and a last partial step, widths with a scalar tail past the vector width."""
+@pytest.mark.parametrize("rows", [None, 3, 16])
+def test_dense_row_matches_a_float64_product(isa, dtype, shape, rows):
+    """Rows in steps of four and a last partial step, widths with a scalar tail past the vector width; one
+    input row (a 1-D x) or a batch, every row its own product."""
     gen = torch.Generator().manual_seed(5)
     W = torch.randn(*shape, generator=gen).to(dtype)
-    x = torch.randn(shape[1], generator=gen).to(dtype)
-    expected = (W.double() @ x.double()).float()
+    x = torch.randn(*((rows,) if rows else ()), shape[1], generator=gen).to(dtype)
+    expected = (x.double() @ W.double().T).float()
     y = dense_row(W, x, threads=2, isa=isa)
-    assert y.dtype == torch.float32 and y.shape == (shape[0],)
-    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5 * float(x.double().abs().sum()))
+    assert y.dtype == torch.float32 and y.shape == (*x.shape[:-1], shape[0])
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5 * float(x.double().abs().sum(-1).max()))
 
 
 def test_dense_row_refuses_what_it_cannot_read():
     W = torch.randn(8, 6)
     with pytest.raises(UsageError, match="contiguous"):
         dense_row(W.T, torch.randn(8))
-    with pytest.raises(UsageError, match="6 inputs"):
+    with pytest.raises(UsageError, match="inputs of 6 columns"):
         dense_row(W, torch.randn(5))
+    with pytest.raises(UsageError, match="inputs of 6 columns"):
+        dense_row(W, torch.randn(6, 5))
     with pytest.raises(UsageError, match="contiguous float"):
         dense_row(W.to(torch.float64), torch.randn(6))

@@ -91,7 +91,7 @@ def build(isa: str = "native") -> ctypes.CDLL:
     dll.duogpt_spmspv_group.argtypes = [ptr, i32, i32, i64, ptr, i64, ctypes.c_float, ptr, i64, i32]
     dll.duogpt_unpack.argtypes = [*packed, ptr, i32]  # out, threads
     dll.duogpt_dense_row.restype = ctypes.c_int
-    dll.duogpt_dense_row.argtypes = [ptr, i32, i64, i64, ptr, ptr, i32]  # weight, dtype code, n, k, x, y, threads
+    dll.duogpt_dense_row.argtypes = [ptr, i32, i64, i64, ptr, i64, ptr, i32]  # weight, dtype, n, k, x, rows, y, threads
     dll.duogpt_spmspv_isa.restype = ctypes.c_char_p
     dll.duogpt_retile_values.restype = dll.duogpt_flush.restype = dll.duogpt_variants.restype = ctypes.c_int
     dll.duogpt_retile_values.argtypes = [ptr, ptr, i32, ptr, i64, i64, i64, ptr, i64, i64, ptr, i32]
@@ -216,19 +216,21 @@ def retile(
 
 
 def dense_row(weight: torch.Tensor, x: torch.Tensor, threads: int | None = None, isa: str = "native") -> torch.Tensor:
-    """``weight @ x`` for a contiguous (n, k) weight (float32, float16 or bfloat16) and one row ``x`` of k
-    (any float dtype); float32 (n,). The dense one-row product at the memory bandwidth (dense.c)."""
+    """``x @ weight.T`` for a contiguous (n, k) weight (float32, float16 or bfloat16) and inputs ``x`` of shape
+    (..., k) (any float dtype; meant for a few rows); float32 (..., n). The dense decode product at the memory
+    bandwidth (dense.c): each weight row is read from memory once for all rows of ``x``."""
     n, k = weight.shape
-    if not weight.is_contiguous() or weight.dtype not in _DTYPE_CODES or x.numel() != k:
-        raise UsageError(f"dense_row needs a contiguous float (n, k) weight and {k} inputs")
-    xs = x.reshape(k)
+    if not weight.is_contiguous() or weight.dtype not in _DTYPE_CODES or x.dim() < 1 or x.shape[-1] != k:
+        raise UsageError(f"dense_row needs a contiguous float (n, k) weight and inputs of {k} columns")
+    xs = x.reshape(-1, k)
     if xs.dtype != torch.float32 or not xs.is_contiguous():
         xs = xs.float().contiguous()
-    y = torch.empty(n, dtype=torch.float32)
+    y = torch.empty(xs.shape[0], n, dtype=torch.float32)
     code = _DTYPE_CODES[weight.dtype]
     threads = threads or torch.get_num_threads()
-    build(isa).duogpt_dense_row(weight.data_ptr(), code, n, k, xs.data_ptr(), y.data_ptr(), threads)
-    return y
+    if xs.shape[0]:
+        build(isa).duogpt_dense_row(weight.data_ptr(), code, n, k, xs.data_ptr(), xs.shape[0], y.data_ptr(), threads)
+    return y.view(*x.shape[:-1], n)
 
 
 def stream_sum(t: torch.Tensor, threads: int | None = None, isa: str = "native") -> float:
