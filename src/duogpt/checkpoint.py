@@ -38,7 +38,6 @@ from duogpt.runtime.linear import (
     RUNTIMES,
     DualSparseLinear,
     decode_paths,
-    dense_decode_paths,
     load_packed,
     packed_form,
     read_packed,
@@ -196,7 +195,7 @@ def load(path: str | Path, device: str = "cpu", sparsify_prefill: bool | None = 
         if not isinstance(prefill, bool):
             raise UsageError(f"{Path(path) / META_FILE}: config.sparsify_prefill must be true or false")
         sparsify.install(model, meta["thresholds"], prefill)
-    dense_decode_paths(model)  # both runtimes: the lean decode step, the LM head by the dense kernel
+    decode_paths(model)  # both runtimes, after the sparsifiers: the lean decode step, the head and the linears' paths
     return model, tokenizer, meta
 
 
@@ -210,7 +209,7 @@ def load_any(model: str | None, device: str = "cpu", runtime: str | None = None)
     lm, tokenizer = load_model(model, device=device)
     if runtime == "sparse":
         to_sparse_runtime(lm)
-    dense_decode_paths(lm)
+    decode_paths(lm)
     return lm, tokenizer, None
 
 

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, DynamicCache
 from conftest import tiny_model
 from duogpt import checkpoint
 from duogpt.runtime.decode_step import has_lean_decode, lean_decode, qualifies
-from duogpt.runtime.linear import DecodeHead, dense_decode_paths
+from duogpt.runtime.linear import DecodeHead, decode_paths
 from test_families import FAMILIES
 
 LEAN_FAMILIES = {"llama3", "mistral", "qwen2", "qwen3", "gemma", "smollm3"}
@@ -138,7 +138,7 @@ def test_loaded_checkpoints_decode_through_the_lean_step_with_the_same_bits(
     _assert_same_bits(_decode_logits(model, ids, 5), lean)
     head = model.get_output_embeddings()
     assert isinstance(head, DecodeHead)  # the one-row head by the dense kernel, on either runtime
-    dense_decode_paths(model, enabled=False)
+    decode_paths(model, enabled=False)
     plain = model.get_output_embeddings()
     assert type(plain) is torch.nn.Linear and plain.weight is head.weight is model.model.embed_tokens.weight
     assert not has_lean_decode(model)

@@ -270,14 +270,27 @@ def test_the_kernel_threshold_zeroes_what_the_sparsifier_zeroes(samples, dtype):
             assert torch.equal(lin(x), expected), sp.threshold
 
 
-def test_decode_head_keeps_autograd_and_batches_on_torch(samples):
+def test_decode_head_keeps_autograd_and_long_inputs_on_torch(samples, monkeypatch):
+    from duogpt.runtime import linear
+
     model, _ = pruned_tiny(samples)
     to_sparse_runtime(model)
     head = model.get_output_embeddings()
-    x = torch.randn(3, head.in_features)
+    x = torch.randn(20, head.in_features)
+    calls = []
+    monkeypatch.setattr(linear, "dense_row", lambda w, v: calls.append(v.shape) or F.linear(v.float(), w.float()))
     with torch.no_grad():
-        torch.testing.assert_close(head(x), F.linear(x, head.weight), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(head(x[:1]), F.linear(x[:1], head.weight), rtol=1e-5, atol=1e-5)
+        assert head(x).shape == (20, head.out_features) and calls == []  # a prompt's rows: torch's matmul
+        for rows in (1, 3, 16):  # decode rows: the dense kernel
+            torch.testing.assert_close(head(x[:rows]), F.linear(x[:rows], head.weight), rtol=1e-5, atol=1e-5)
+        assert head(x[None, :1]).shape == (1, 1, head.out_features)
+        assert head(x[:4, None]).shape == (4, 1, head.out_features)  # one position of four sequences
+        assert head(x[None, :4]).shape == (1, 4, head.out_features)  # a prompt of four positions: torch
+    assert calls == [(1, head.in_features), (3, head.in_features), (16, head.in_features), (1, 1, head.in_features),
+                     (4, 1, head.in_features)]  # fmt: skip
+    monkeypatch.undo()
+    with torch.no_grad():
+        torch.testing.assert_close(head(x[:3]), F.linear(x[:3], head.weight), rtol=1e-5, atol=1e-5)
     x.requires_grad_(True)
     head(x[:1]).sum().backward()
     torch.testing.assert_close(x.grad[0], head.weight.detach().sum(0))
@@ -333,6 +346,25 @@ def test_bench_gemv_records():
     assert "vs roofline" in bench_gemv.gemv_markdown(result)
     assert {v["dtype"] for v in result["variants"]} == {"float32", "bfloat16"}
     assert all(v["ms"] and min(v["ms"].values()) > 0 for v in result["variants"])
+
+
+@pytest.mark.parametrize("dense_faster", [True, False])
+def test_bench_gemv_times_the_path_the_runtime_takes(monkeypatch, dense_faster):
+    """A full weight on full inputs is timed on the dense product where the runtime would hold it dense."""
+    from duogpt.runtime import bench_gemv
+    from duogpt.runtime.kernels import tune
+
+    monkeypatch.setattr(tune, "dense_faster", lambda *a: dense_faster)
+    result = bench_gemv.gemv(
+        shapes=[(130, 70)], dtypes=(torch.bfloat16,), sparsities=[(0.0, 0.0), (0.0, 0.5), (0.5, 0.0)], repeats=5,
+        tile_rows=64, progress=lambda _: None, batch_rows=(),
+    )  # fmt: skip
+    paths = [(r["p_w"], r["p_x"], r["path"], r["plan"] == "dense") for r in result["records"]]
+    full = "dense" if dense_faster else "kernel"
+    assert paths == [(0, 0, full, dense_faster), (0, 0.5, "kernel", False), (0.5, 0, "kernel", False)]
+    for rec in result["records"]:
+        assert (rec["sparse_ms"] == rec["kernel_ms"]) == (rec["path"] == "kernel")
+        assert rec["max_abs_error"] < 1e-3 * 71
 
 
 def test_bench_decode_on_a_small_random_stack():

@@ -18,8 +18,10 @@ def fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(tune, "_cache_path", lambda: str(path))
     monkeypatch.setenv(tune.PLAN_ENV, "auto")
     tune._plan_cached.cache_clear()
+    tune._dense_cached.cache_clear()
     yield path
     tune._plan_cached.cache_clear()
+    tune._dense_cached.cache_clear()
 
 
 @pytest.mark.parametrize("eighths", [1, 3, 4, 7, 8])
@@ -67,6 +69,33 @@ def test_forced_and_disabled_plans(monkeypatch, fresh_cache):
     assert not fresh_cache.exists()
 
 
+def test_the_dense_choice_is_measured_once_cached_and_never_forced(monkeypatch, fresh_cache):
+    """A full weight on unsparsified inputs: the kernel's plan against the dense product, measured, cached."""
+    seen = []
+
+    def fake_measure(n, k, dtype, chosen, threads):
+        seen.append((n, k, chosen))
+        return (2e-4, 1e-4) if n == 320 else (1e-4, 2e-4)  # dense faster for the first shape only
+
+    monkeypatch.setattr(tune, "measure_dense", fake_measure)
+    assert tune.dense_faster(320, 64, torch.bfloat16, 128, threads=2)
+    assert not tune.dense_faster(640, 64, torch.bfloat16, 128, threads=2)
+    assert tune.dense_faster(320, 64, torch.bfloat16, 128, threads=2) and len(seen) == 2  # remembered
+    assert seen[0][2] == tune.plan(320, 64, torch.bfloat16, 1.0, 128, threads=2)  # against the full weight's plan
+    cached = {k: v for k, v in json.loads(fresh_cache.read_text()).items() if "|dense|" in k}
+    assert sorted(v["dense"] for v in cached.values()) == [False, True]
+    tune._dense_cached.cache_clear()
+    assert tune.dense_faster(320, 64, torch.bfloat16, 128, threads=2) and len(seen) == 2  # read from the file
+    for forced in ("off", "4:64"):
+        monkeypatch.setenv(tune.PLAN_ENV, forced)
+        assert not tune.dense_faster(320, 64, torch.bfloat16, 128, threads=2)
+
+
+def test_measure_dense_times_both_sides_on_real_calls(fresh_cache):
+    kernel_s, dense_s = tune.measure_dense(96, 80, torch.float32, tune.Plan(0, 64), threads=1)
+    assert 0 < kernel_s < 1 and 0 < dense_s < 1
+
+
 def test_short_calls_are_timed_more_often():
     """A 7B-shaped call (milliseconds) is timed ROUNDS times; a call of tens of microseconds enough times for
     MIN_SECONDS of timing, up to MAX_ROUNDS, so a few noisy calls do not pick its plan."""
@@ -78,7 +107,7 @@ def test_short_calls_are_timed_more_often():
 def test_measure_times_each_candidate_as_often_as_its_length_needs(monkeypatch):
     calls: list[int] = []
 
-    def fake_time(kernel, x, n):  # every call "takes" 1 ms
+    def fake_time(fn, arrays, x, n):  # every call "takes" 1 ms
         calls.append(n)
         return [1e-3] * n
 

@@ -38,7 +38,7 @@ from duogpt.pruning import sparsify
 from duogpt.pruning.pipeline import prune_model
 from duogpt.runtime import bench
 from duogpt.runtime.costmodel import decode_cost
-from duogpt.runtime.linear import dense_decode_paths, to_sparse_runtime
+from duogpt.runtime.linear import decode_paths, to_sparse_runtime
 
 SPEED_PROMPT = "The jury said it did find that many of Georgia's registration laws"
 
@@ -129,10 +129,11 @@ def _measure_speed(cell: Cell, lm, tokenizer, thresholds, opts: SweepOptions) ->
     ids = tokenizer(SPEED_PROMPT, return_tensors="pt")["input_ids"]
     if cell.kind in ("dual", "activation-only"):
         sparsify.uninstall(lm)
-        dense_decode_paths(lm)  # the dense side gets the sparse runtime's shortcuts for dense weights
+        decode_paths(lm)  # the dense side gets the sparse runtime's shortcuts for dense weights
         sparse = to_sparse_runtime(copy.deepcopy(lm))
         for model in (lm, sparse):
             sparsify.install(model, thresholds)
+        decode_paths(sparse)  # the linears' paths depend on their sparsifiers
         base, fast, _, _ = bench.decode_rates(lm, sparse, ids, opts.speed_tokens, opts.speed_rounds)
         how = "sparse runtime (packed weights, kernel) vs dense runtime (masked weights), same thresholds"
     elif cell.kind == "structured":

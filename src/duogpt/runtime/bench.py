@@ -18,7 +18,7 @@ from duogpt.pruning.sparsify import install
 from duogpt.report import markdown
 from duogpt.runtime.generate import greedy
 from duogpt.runtime.kernels.cpu import CpuSpMSpV, cpu_model
-from duogpt.runtime.linear import dense_decode_paths, to_sparse_runtime
+from duogpt.runtime.linear import decode_paths, to_sparse_runtime
 
 LLAMA7B_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
 DEFAULT_MODEL_SHAPES = [(576, 576), (1536, 576), (576, 1536)]
@@ -122,12 +122,12 @@ def decode_rates(dense, sparse, input_ids, new_tokens: int, rounds: int) -> tupl
 
 def three_way_rates(dense, sparse, input_ids, new_tokens: int, rounds: int) -> dict:
     """Dense weights through transformers' own layer forward and head; dense weights through duogpt's decode
-    paths for dense weights (``dense_decode_paths``: the lean decode step, the head by the dense kernel; the
+    paths for dense weights (``decode_paths``: the lean decode step, the head by the dense kernel; the
     strongest dense path here short of the roofline); and the sparse runtime. Interleaved, in turn."""
-    sides = [(dense, lambda: dense_decode_paths(dense, False)), (dense, lambda: dense_decode_paths(dense)),
+    sides = [(dense, lambda: decode_paths(dense, False)), (dense, lambda: decode_paths(dense)),
              (sparse, None)]  # fmt: skip
     rates, tokens = interleaved_rates(sides, input_ids, new_tokens, rounds)
-    dense_decode_paths(dense)
+    decode_paths(dense)
     return {"rates": tuple(rates), "tokens": tuple(tokens)}
 
 
@@ -157,7 +157,7 @@ def random_llama(layers: int, dtype: torch.dtype, hidden=4096, ffn=11008, heads=
 def pruned_stack(layers: int, dtype: torch.dtype, gen: torch.Generator, **shape):
     """A random 7B-shaped stack pruned 50/50 by magnitude (calibration drawn from ``gen``): the masked
     dense model and its sparse runtime, both with the activation sparsifiers and the decode paths for dense
-    weights (``dense_decode_paths``), on the CPU."""
+    weights (``decode_paths``), on the CPU."""
     model = random_llama(layers, dtype, **shape)
     samples = torch.randint(0, model.config.vocab_size, (4, 64), generator=gen)
     cfg = PruneConfig(method="magnitude", weight_sparsity=0.5, act_sparsity=0.5, nsamples=4, seqlen=64)
@@ -166,8 +166,9 @@ def pruned_stack(layers: int, dtype: torch.dtype, gen: torch.Generator, **shape)
     sparse_model = random_llama(layers, dtype, **shape)
     sparse_model.load_state_dict(model.state_dict())
     to_sparse_runtime(sparse_model)
-    dense_decode_paths(model)
+    decode_paths(model)
     install(sparse_model, result.thresholds)
+    decode_paths(sparse_model)  # the linears' paths depend on their sparsifiers
     return model, sparse_model
 
 

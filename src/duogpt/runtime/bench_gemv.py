@@ -4,9 +4,12 @@ Per shape x dtype x (p_w, p_x) x rows, measured in one process, dense and sparse
 interleaved, medians:
 
 - ``dense_ms``: torch (``mv`` / ``mm``) on the dense weight;
-- ``sparse_ms``: the kernel with this CPU's plan (kernels/tune.py), ``base_ms`` the original
-  kernel (variant 0, stored tiles; batches by its own batched path, flag 128) in the same run,
-  ``own_dense_ms`` the kernel on the same shape at p_w = p_x = 0;
+- ``sparse_ms``: what the sparse runtime runs: the kernel with this CPU's plan (kernels/tune.py;
+  also ``kernel_ms``), or, for a weight without zeros on inputs without zeros where this CPU
+  measures it faster (``tune.dense_faster``; ``path`` 'dense'), the dense product of the weight
+  held dense (``cpu.dense_row``); ``base_ms`` the original kernel (variant 0, stored tiles;
+  batches by its own batched path, flag 128) in the same run, ``own_dense_ms`` the runtime on
+  the same shape at p_w = p_x = 0;
 - ``roofline_ms`` = dense bytes / the highest read rate seen in the same run (torch ``sum``, a
   streaming sum, every dense GEMV): the time of a dense GEMV that streams its weight at the
   machine's bandwidth, the strongest dense baseline there is;
@@ -34,7 +37,7 @@ from duogpt.runtime.bench import (
     random_problem,
     read_bandwidth_gbps,
 )
-from duogpt.runtime.format import DEFAULT_TILE_ROWS, SparseLinear, pack
+from duogpt.runtime.format import DEFAULT_TILE_ROWS, SparseLinear, dense_no_larger, pack
 from duogpt.runtime.kernels import cpu, tune
 
 BATCH_ROWS = (4, 16)  # also timed at 50/50
@@ -68,6 +71,16 @@ def dense_side(W: torch.Tensor, llc_bytes: int, can_flush: bool) -> Side:
     def make(i):
         w = W if i == 0 else W.clone()
         return (lambda x: x @ w.T), [w]
+
+    return Side(make, W.numel() * W.element_size(), llc_bytes, can_flush)
+
+
+def dense_row_side(W: torch.Tensor, llc_bytes: int, can_flush: bool) -> Side:
+    """The runtime's path for a weight it holds dense: ``cpu.dense_row`` on the row-major weight."""
+
+    def make(i):
+        w = W.contiguous() if i == 0 else W.clone()
+        return (lambda x: cpu.dense_row(w, x)), [w]
 
     return Side(make, W.numel() * W.element_size(), llc_bytes, can_flush)
 
@@ -113,24 +126,30 @@ def gemv_record(shape, dtype, pw, px, rows, repeats, env: dict) -> dict:
     sp = pack(W, tile_rows=default_tile)
     plan = tune.plan(*shape, dtype, sp.values.numel() / W.numel(), default_tile)
     planned = cpu.retile(sp, plan.tile_rows)
+    held_dense = px == 0 and dense_no_larger(*shape, sp.values.numel(), W.element_size())
+    held_dense = held_dense and tune.dense_faster(*shape, dtype, default_tile)  # the runtime's choice (linear.py)
     sides = [
         dense_side(W, env["llc_bytes"], env["can_flush"]),
         kernel_side(planned, plan.variant, env["llc_bytes"], env["can_flush"]),
         kernel_side(sp, cpu.VARIANT_BATCH_BASE, env["llc_bytes"], env["can_flush"]),  # batches too: the first path
-    ]
-    dense_ms, sparse_ms, base_ms = medians(sides, [x.to(dtype), x, x], repeats)
+    ] + ([dense_row_side(W, env["llc_bytes"], env["can_flush"])] if held_dense else [])
+    ms = medians(sides, [x.to(dtype), x, x, x][: len(sides)], repeats)
+    dense_ms, kernel_ms, base_ms, sparse_ms = ms[0], ms[1], ms[2], ms[-1] if held_dense else ms[1]
     dense_bytes = W.numel() * W.element_size()
     roofline_ms = dense_bytes / env["bandwidth_gbps"] / 1e6
-    need = kernel_bytes(cpu.CpuSpMSpV(planned), x)
+    need = dense_bytes if held_dense else kernel_bytes(cpu.CpuSpMSpV(planned), x)
+    runtime = sides[-1] if held_dense else sides[1]
     return {
         "shape": list(shape),
         "dtype": _name(dtype),
         "p_w": pw,
         "p_x": px,
         "rows": rows,
-        "plan": str(plan),
+        "plan": "dense" if held_dense else str(plan),
+        "path": "dense" if held_dense else "kernel",
         "dense_ms": dense_ms,
         "sparse_ms": sparse_ms,
+        "kernel_ms": kernel_ms,
         "base_ms": base_ms,
         "roofline_ms": roofline_ms,
         "speedup": dense_ms / sparse_ms,
@@ -139,7 +158,7 @@ def gemv_record(shape, dtype, pw, px, rows, repeats, env: dict) -> dict:
         "dense_gbps": dense_bytes / dense_ms / 1e6,
         "sparse_gbps": need / sparse_ms / 1e6,
         "sparse_bytes": need,
-        "max_abs_error": float((sides[1](x) - (x @ W.float().T)).abs().max()),
+        "max_abs_error": float((runtime(x) - (x @ W.float().T)).abs().max()),
         "isa": sides[1].copies[0][0].isa,
     }
 
@@ -236,7 +255,9 @@ def gemv_markdown(result: dict) -> str:
         f"weights cold before every call ({result['cold']}); medians of {result['repeats']} "
         "interleaved calls per side. 'original': the kernel's first version (variant 0, 256-row tiles; batches "
         "by its own batched path, flag 128) in the same run; 'plan': variant:tile rows chosen for this CPU by the "
-        "tuner.\n\n" + markdown(head, rows) + _variants_md(result)
+        "tuner, or 'dense': a weight without zeros on inputs without zeros, which the runtime holds dense and "
+        "multiplies by its dense product where this CPU measured that faster (the kernel's time is the JSON's "
+        "kernel_ms).\n\n" + markdown(head, rows) + _variants_md(result)
     )
 
 

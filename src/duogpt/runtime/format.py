@@ -79,6 +79,12 @@ def bit_counts(words: torch.Tensor) -> torch.Tensor:
     return _BYTE_POPCOUNT[as_bytes.long()].sum(-1, dtype=torch.int64) if as_bytes.numel() else as_bytes.sum(-1)
 
 
+def dense_no_larger(n: int, k: int, nnz: int, value_bytes: int) -> bool:
+    """Whether an (n, k) weight with ``nnz`` nonzeros takes no more bytes dense than packed (its values plus
+    one bitmap bit per weight): at densities of at least 1 - 1 / (8 value_bytes), 15/16 in 16 bits."""
+    return n * k * value_bytes <= nnz * value_bytes + n * k / 8
+
+
 def pack(weight: torch.Tensor, tile_rows: int = DEFAULT_TILE_ROWS) -> SparseLinear:
     """Convert a dense (pruned) weight matrix into the column-segment format."""
     if weight.dim() != 2:

@@ -13,6 +13,13 @@ same product:
   of the thread reuses, then one dense matmul; the dense weights never live in memory
   together (one linear's at a time).
 
+A weight with (almost) no zeros is no smaller packed than dense (the bitmaps add a bit per
+weight); where its input is not sparsified either, ``decode_paths`` holds it dense instead when
+this CPU measures the dense decode product faster (kernels/tune.py ``dense_faster``): rows up
+to ``MAX_KERNEL_ROWS`` then go to ``dense_row`` (each weight row read once for all of them),
+longer inputs to one matmul, and the packed form is made again only when asked for (a save, a
+move to the GPU).
+
 ``DUOGPT_GPU_PATH=1`` sends CPU tensors down the CUDA branch (the Triton kernels, run on the
 CPU under ``TRITON_INTERPRET=1``): how the tests cover the GPU code without a GPU.
 """
@@ -31,7 +38,7 @@ from duogpt.errors import UsageError
 from duogpt.hardware import fast_half_matmul
 from duogpt.models import find_blocks
 from duogpt.runtime.decode_step import lean_decode
-from duogpt.runtime.format import DEFAULT_TILE_ROWS, SparseLinear, pack, validate
+from duogpt.runtime.format import DEFAULT_TILE_ROWS, SparseLinear, dense_no_larger, pack, unpack, validate
 from duogpt.runtime.kernels import triton_spmspv, tune
 from duogpt.runtime.kernels.cpu import (
     CpuGroupSpMSpV,
@@ -93,6 +100,7 @@ class DualSparseLinear(nn.Linear):
         self.use_kernel = True
         self.shared: tuple[SharedInput, int] | None = None  # (its group, its slot) once share_inputs links it
         self.sparsifier = None  # its input's ActivationSparsifier, once sparsify.install attaches one
+        self.register_buffer("held_dense", None, persistent=False)  # the (n, k) weight, once decode_paths holds it
         if sp.values.device.type == "cpu":
             self.plan_cpu()
 
@@ -113,6 +121,27 @@ class DualSparseLinear(nn.Linear):
             self._set_packed(retile(self.sp, chosen.tile_rows, chosen.align))
         self.variant, self._cpu_kernel = chosen.variant, None
 
+    def dense_sized(self) -> bool:
+        """Whether the dense weight takes no more memory than the packed one (no or almost no zeros)."""
+        size = self.values.element_size()
+        return dense_no_larger(self.out_features, self.in_features, self.nnz, size)
+
+    def hold_dense(self, on: bool) -> None:
+        """Hold the weight dense (``on``; the packed buffers are dropped) or packed again (re-planned for this CPU)."""
+        if on == (self.held_dense is not None):
+            return
+        if on:
+            self.held_dense = unpack(self.sp)
+            for name in ("bitmaps", "values", "offsets"):
+                self._buffers[name] = self._buffers[name].new_empty(0)
+            self.values_len, self.tile_rows, self._cpu_kernel = 0, self.stored_tile_rows, None
+            return
+        sp = pack(self.held_dense, self.stored_tile_rows)
+        self.held_dense = None
+        self._set_packed(sp)
+        if sp.values.device.type == "cpu":
+            self.plan_cpu()
+
     def __getstate__(self):
         """Copies and pickles leave the kernel handle behind (it holds this process's library and the
         buffers' addresses); the copy makes its own at its first call."""
@@ -122,7 +151,7 @@ class DualSparseLinear(nn.Linear):
 
     @property
     def retiled(self) -> bool:
-        return self.values_len != self.nnz or self.tile_rows != self.stored_tile_rows
+        return self.held_dense is None and (self.values_len != self.nnz or self.tile_rows != self.stored_tile_rows)
 
     def stored(self) -> SparseLinear:
         """The packed weight in the layout it was stored with (what checkpoints write)."""
@@ -131,6 +160,8 @@ class DualSparseLinear(nn.Linear):
 
     def _apply(self, fn, recurse=True):
         # the GPU kernels want the stored layout (tiles <= 256 rows, no gaps): undo a CPU plan before leaving the CPU
+        if self.held_dense is not None and fn(torch.empty(0)).device.type != "cpu":
+            self.hold_dense(False)
         if self.retiled and fn(torch.empty(0)).device.type != "cpu":
             self._set_packed(self.stored())
             self.variant = 0
@@ -144,7 +175,9 @@ class DualSparseLinear(nn.Linear):
 
     @property
     def sp(self) -> SparseLinear:
-        """The packed weight (views of the buffers, on the module's device)."""
+        """The packed weight (views of the buffers, on the module's device; packed anew while held dense)."""
+        if self.held_dense is not None:
+            return pack(self.held_dense, self.stored_tile_rows)
         return SparseLinear(
             self.bitmaps,
             self.values[: self.values_len],
@@ -159,6 +192,8 @@ class DualSparseLinear(nn.Linear):
 
     def _unpacked(self, reuse: bool) -> torch.Tensor:
         """The dense weight, in the thread's reused buffer (``reuse``) or a new tensor."""
+        if self.held_dense is not None:
+            return self.held_dense if reuse else self.held_dense.clone()
         n, k = self.out_features, self.in_features
         dtype, device = self.values.dtype, self.values.device
         out = _SCRATCH.get(n * k, dtype, device) if reuse else torch.empty(n * k, dtype=dtype, device=device)
@@ -187,6 +222,8 @@ class DualSparseLinear(nn.Linear):
         return _Attached(self, sp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.held_dense is not None:
+            return self._dense_forward(x)
         shared, grad = self.shared, torch.is_grad_enabled()
         if shared is not None and self.use_kernel and not grad:
             y = shared[0].take(shared[1], x)  # computed with a sibling's call on this very input
@@ -214,6 +251,17 @@ class DualSparseLinear(nn.Linear):
         bias = self.bias
         return y if bias is None else y + bias
 
+    def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The held dense weight: ``dense_row`` for decode rows on the CPU, else one matmul (``_batched``)."""
+        if self.sparsifier is not None:
+            x = self.sparsifier(x)  # decode_paths holds only weights whose input is not sparsified; a later one applies
+        grad = torch.is_grad_enabled()
+        if grad or x.numel() // x.shape[-1] > MAX_KERNEL_ROWS or gpu_path(x):
+            return self._batched(x, reuse=not grad)
+        y = dense_row(self.held_dense, x)
+        y = y if y.dtype == x.dtype else y.to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
     def _batched(self, x: torch.Tensor, reuse: bool) -> torch.Tensor:
         """Unpack, then one matmul; in float32 where this machine has no half-precision matmul of its own
         (hardware.py: there torch's bfloat16 product of a prompt is 4-300x slower than float32's)."""
@@ -228,7 +276,8 @@ class DualSparseLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         density = self.nnz / (self.out_features * self.in_features)
-        return f"in_features={self.in_features}, out_features={self.out_features}, density={density:.3f}, packed"
+        held = "dense (faster here at this density)" if self.held_dense is not None else "packed"
+        return f"in_features={self.in_features}, out_features={self.out_features}, density={density:.3f}, {held}"
 
 
 class _Attached:
@@ -292,9 +341,10 @@ class SharedInput:
 
 
 class DecodeHead(nn.Linear):
-    """A dense linear the sparse runtime keeps (the LM head) whose one-row products on the CPU go to the C
-    dense kernel (``dense_row``: near the memory bandwidth, where torch's one-row product read at 40-70% of
-    it on the AVX2 EPYC measured, docs/kernel.md); every other input goes to ``F.linear``.
+    """A dense linear the sparse runtime keeps (the LM head) whose decode products on the CPU (one position of
+    up to ``MAX_KERNEL_ROWS`` sequences) go to the C dense kernel (``dense_row``: near the memory bandwidth,
+    where torch's one-row product read at 40-70% of it on the AVX2 EPYC measured, docs/kernel.md, and its
+    products of 4-16 rows were 1.0-3x slower still); every other input (a prompt's positions) to ``F.linear``.
     It holds the same weight parameter as the linear it replaces, so a head tied to the embeddings stays tied."""
 
     @classmethod
@@ -307,24 +357,25 @@ class DecodeHead(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        if x.numel() != x.shape[-1] or x.is_cuda or w.is_cuda or torch.is_grad_enabled() or not w.is_contiguous():
+        rows, prompt = x.numel() // max(1, x.shape[-1]), x.dim() > 2 and x.shape[-2] > 1
+        on_torch = x.is_cuda or w.is_cuda or torch.is_grad_enabled() or not w.is_contiguous()
+        if rows > MAX_KERNEL_ROWS or prompt or on_torch:
             return F.linear(x, w, self.bias)
         y = dense_row(w, x)
         y = y if self.bias is None else y + self.bias
-        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        return y.to(x.dtype)
 
 
-def decode_paths(model: nn.Module) -> None:
-    """The sparse runtime's decode shortcuts on a model: linears that share an input linked
-    (``share_inputs``), and those that apply to dense weights too (``dense_decode_paths``)."""
-    share_inputs(model)
-    dense_decode_paths(model)
+def decode_paths(model: nn.Module, enabled: bool = True) -> None:
+    """Every decode shortcut that applies to the model's weights, dense or packed:
 
+    - the lean decode step of the layers (``decode_step.lean_decode``);
+    - the LM head's one-row products by the dense kernel (``DecodeHead``);
+    - per packed linear, its path (``choose_paths``): dense where that is faster here, else the kernel,
+      linked with the linears that read the same input (``share_inputs``).
 
-def dense_decode_paths(model: nn.Module, enabled: bool = True) -> None:
-    """Decode shortcuts for any weights: the LM head's one-row products by the dense kernel
-    (``DecodeHead``) and the lean decode step of the layers (``decode_step.lean_decode``).
-    ``enabled`` False gives back transformers' head (the same weight parameter) and layer forward."""
+    Call again after installing or changing sparsifiers (the path depends on them). ``enabled`` False
+    gives back transformers' layer forward and head, and puts every packed linear on the kernel."""
     lean_decode(model, enabled)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if enabled and type(head) is nn.Linear and head.weight.dtype in (torch.float32, torch.float16, torch.bfloat16):
@@ -335,16 +386,47 @@ def dense_decode_paths(model: nn.Module, enabled: bool = True) -> None:
         plain.in_features, plain.out_features = head.in_features, head.out_features
         plain.weight, plain.bias = head.weight, head.bias
         model.set_output_embeddings(plain)
+    choose_paths(model, enabled)
+
+
+def choose_paths(model: nn.Module, enabled: bool = True) -> int:
+    """Every packed linear's path (``choose_path``), then the kernel ones that share an input linked.
+    Returns the number held dense."""
+    held = sum(choose_path(m, enabled) for m in model.modules() if isinstance(m, DualSparseLinear))
+    share_inputs(model)
+    return held
+
+
+def choose_path(linear: DualSparseLinear, enabled: bool = True) -> bool:
+    """Hold ``linear`` dense if it is on the CPU, its dense weight is no larger than its packed one, its input is
+    not sparsified (no sparsifier, or threshold 0) and this CPU measures the dense product faster at its shape
+    (``tune.dense_faster``); else packed, on the kernel. Returns whether it is held dense (unlink it from its
+    siblings, ``share_inputs``, before its next call)."""
+    sp, held = linear.sparsifier, linear.held_dense
+    dense = (
+        enabled
+        and linear.dense_sized()
+        and (sp is None or sp.threshold <= 0)
+        and (held if held is not None else linear.values).device.type == "cpu"
+        and os.environ.get(GPU_PATH_ENV) != "1"
+        and tune.dense_faster(linear.out_features, linear.in_features, linear.values.dtype, linear.stored_tile_rows)
+    )
+    linear.hold_dense(dense)
+    return dense
 
 
 def share_inputs(model: nn.Module) -> int:
-    """Link the packed linears of every block group that reads one input (q/k/v, gate/up; ``SharedInput``).
+    """Link the packed linears (on the kernel) of every block group that reads one input (q/k/v, gate/up;
+    ``SharedInput``); members of a group that cannot be linked (a dense one among them) are unlinked.
     Returns the number of groups linked."""
     linked = 0
     for block in find_blocks(model)[1]:
         for group in block.groups.values():
             members = list(group.values())
-            if len(members) < 2 or not all(isinstance(m, DualSparseLinear) for m in members):
+            packed = [m for m in members if isinstance(m, DualSparseLinear)]
+            for m in packed:
+                m.shared = None
+            if len(members) < 2 or len(packed) < len(members) or any(m.held_dense is not None for m in packed):
                 continue
             if len({(m.in_features, m.values.dtype) for m in members}) != 1:
                 continue

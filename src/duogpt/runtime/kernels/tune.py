@@ -20,8 +20,16 @@ column jumps, how large its L1 is. ``plan(n, k, dtype, density)`` answers for on
   CPU model, shape, dtype, density and threads: a machine measures each shape once (2-6 s for a 7B
   shape), later loads read the file.
 
+``dense_faster(n, k, dtype, default_tile)`` answers a second question for a weight with no
+zeros to skip: whether the dense decode product (``cpu.dense_row``, a plain row-major weight)
+beats the kernel's plan on it when the input has no zeros either, timed the same way (weights
+flushed, forward and reverse passes, medians) and cached beside the plans. At full density the
+packed weight is no smaller than the dense one (its bitmaps add a bit per weight), so the
+runtime may hold such a weight dense without using more memory (``linear.decode_paths``).
+
 ``DUOGPT_KERNEL_PLAN``: ``auto`` (default, as above), ``off`` (the original path at the stored
-tile height, no measurement), or ``VARIANT:TILE_ROWS`` (e.g. ``2:2048``) to force one.
+tile height, no measurement), or ``VARIANT:TILE_ROWS`` (e.g. ``2:2048``) to force one; either
+of the last two keeps every packed weight on the kernel.
 """
 
 from __future__ import annotations
@@ -131,14 +139,19 @@ def _input(k: int, dtype: torch.dtype, seed: int = 1) -> torch.Tensor:
     return x.to(dtype).float() if dtype == torch.bfloat16 else x  # a bfloat16 model's inputs are bfloat16
 
 
-def _time(kernel: cpu.CpuSpMSpV, x: torch.Tensor, calls: int) -> list[float]:
+def _time(fn, arrays: list[torch.Tensor], x: torch.Tensor, calls: int) -> list[float]:
+    """Seconds of ``calls`` calls ``fn(x)``, each after flushing ``arrays`` (its weight) from the caches."""
     out = []
     for _ in range(calls):
-        cpu.flush(kernel.sp.bitmaps, kernel.values, kernel.sp.offsets)
+        cpu.flush(*arrays)
         t0 = time.perf_counter()
-        kernel(x)
+        fn(x)
         out.append(time.perf_counter() - t0)
     return out
+
+
+def _kernel_arrays(kernel: cpu.CpuSpMSpV) -> list[torch.Tensor]:
+    return [kernel.sp.bitmaps, kernel.values, kernel.sp.offsets]
 
 
 def rounds_for(seconds_per_call: float) -> int:
@@ -156,7 +169,7 @@ def measure(n: int, k: int, dtype: torch.dtype, density: float, plans: list[Plan
         for p in order:
             kernel = cpu.CpuSpMSpV(cpu.retile(base, p.tile_rows, p.align), threads=threads, variant=p.variant)
             kernel(x)  # warm the code path
-            times[p] += _time(kernel, x, per_pass)
+            times[p] += _time(kernel, _kernel_arrays(kernel), x, per_pass)
         if i == 0:  # every candidate seen once: the later passes time as many calls as the fastest one needs
             fastest = min(statistics.median(t) for t in times.values())
             per_pass = max(per_pass, -(-rounds_for(fastest) // (2 * PASSES)))
@@ -216,11 +229,65 @@ def _plan_cached(n: int, k: int, dtype: torch.dtype, eighths: int, default_tile:
         n, k, str(dtype).replace("torch.", ""), best.variant, best.tile_rows, timed[best] * 1e3, len(plans),
         time.perf_counter() - t0,
     )  # fmt: skip
-    cached = _read_cache()  # another process may have added shapes meanwhile
     ms = {str(p): t * 1e3 for p, t in timed.items()}
-    cached[key] = {"variant": best.variant, "tile_rows": best.tile_rows, "align": best.align, "ms": ms}
+    _remember(key, {"variant": best.variant, "tile_rows": best.tile_rows, "align": best.align, "ms": ms})
+    return best
+
+
+def _remember(key: str, entry: dict) -> None:
+    """Add one measured answer to the cache file (a read-only cache: measured again next time, still correct)."""
+    cached = _read_cache()  # another process may have added shapes meanwhile
+    cached[key] = entry
     try:
         write_text(_cache_path(), json.dumps(cached, indent=1, sort_keys=True))
-    except OSError as err:  # a read-only cache: plan again next time, still correct
+    except OSError as err:
         log.warning("could not cache the kernel plan (%s): set DUOGPT_CACHE to a writable folder", err)
-    return best
+
+
+def dense_faster(n: int, k: int, dtype: torch.dtype, default_tile: int, threads: int | None = None) -> bool:
+    """Whether this CPU decodes an (n, k) weight without zeros, on inputs without zeros, faster by the dense
+    product (``cpu.dense_row``) than by the kernel's plan for it (cached per machine; never under a forced plan)."""
+    if _forced(default_tile) is not None:
+        return False
+    threads = threads or torch.get_num_threads()
+    return _dense_cached(n, k, dtype, default_tile, threads)
+
+
+@cache
+def _dense_cached(n: int, k: int, dtype: torch.dtype, default_tile: int, threads: int) -> bool:
+    key = f"v{TUNE_VERSION}|dense|{cpu.cpu_model()}|{n}x{k}|{str(dtype).replace('torch.', '')}|{threads}t"
+    entry = _read_cache().get(key)
+    if entry is not None:
+        return bool(entry["dense"])
+    chosen = plan(n, k, dtype, 1.0, default_tile, threads)
+    kernel_s, dense_s = measure_dense(n, k, dtype, chosen, threads)
+    log.info(
+        "decode path for a full %dx%d %s weight on this CPU: %s (kernel %s %.3f ms, dense %.3f ms)",
+        n, k, str(dtype).replace("torch.", ""), "dense" if dense_s < kernel_s else "kernel", chosen,
+        kernel_s * 1e3, dense_s * 1e3,
+    )  # fmt: skip
+    _remember(key, {"dense": dense_s < kernel_s, "ms": {"kernel": kernel_s * 1e3, "dense": dense_s * 1e3}})
+    return dense_s < kernel_s
+
+
+def measure_dense(n: int, k: int, dtype: torch.dtype, chosen: Plan, threads: int) -> tuple[float, float]:
+    """Median seconds per call of the kernel (plan ``chosen``) and of the dense product on a random (n, k) weight
+    without zeros and an input without zeros: cold weights, forward and reverse passes, as ``measure``."""
+    gen = torch.Generator().manual_seed(2)
+    kernel = cpu.CpuSpMSpV(
+        cpu.retile(random_packed(n, k, dtype, 1.0), chosen.tile_rows, chosen.align), threads=threads,
+        variant=chosen.variant,
+    )  # fmt: skip
+    W = torch.randn(n, k, generator=gen).to(dtype)
+    x = torch.randn(k, generator=gen)
+    x = x.to(dtype).float() if dtype == torch.bfloat16 else x
+    sides = [(kernel, _kernel_arrays(kernel)), (lambda v: cpu.dense_row(W, v, threads), [W])]
+    times: list[list[float]] = [[], []]
+    per_pass = ROUNDS // (2 * PASSES)
+    for i, order in enumerate(([0, 1], [1, 0]) * PASSES):
+        for s in order:
+            sides[s][0](x)  # warm the code path
+            times[s] += _time(*sides[s], x, per_pass)
+        if i == 0:
+            per_pass = max(per_pass, -(-rounds_for(min(statistics.median(t) for t in times)) // (2 * PASSES)))
+    return statistics.median(times[0]), statistics.median(times[1])
