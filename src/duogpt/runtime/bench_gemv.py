@@ -243,7 +243,7 @@ def gemv_markdown(result: dict) -> str:
         ]
         for r in result["records"]
     ]
-    head = ["shape", "dtype", "p_w/p_x", "rows", "torch ms", "roofline ms", "original ms", "kernel ms", "plan",
+    head = ["shape", "dtype", "p_w/p_x", "rows", "torch ms", "roofline ms", "original ms", "runtime ms", "plan",
             "vs torch", "vs roofline", "vs own dense", "of bandwidth"]  # fmt: skip
     m = result["machine"]
     caches = ", ".join(f"{k} {v >> 10} KiB" for k, v in m["caches"].items())
