@@ -370,7 +370,7 @@ def decode_paths(model: nn.Module, enabled: bool = True) -> None:
     """Every decode shortcut that applies to the model's weights, dense or packed:
 
     - the lean decode step of the layers (``decode_step.lean_decode``);
-    - the LM head's one-row products by the dense kernel (``DecodeHead``);
+    - the LM head's decode rows by the dense kernel (``DecodeHead``);
     - per packed linear, its path (``choose_paths``): dense where that is faster here, else the kernel,
       linked with the linears that read the same input (``share_inputs``).
 
