@@ -100,16 +100,18 @@ def test_small_batches_on_tall_tiles(isa, tile, batch):
 @pytest.mark.parametrize("batch", [2, 7, 9, 11, 16])
 @pytest.mark.parametrize("tile", [64, 1024])
 def test_batched_paths_give_the_same_bits(isa, dtype, batch, tile):
-    """The AVX2 batch paths (up to 6 rows: columns in groups that stay in L2; 7-16 rows: panels of 64 columns
-    in L1, passes of 6 batch rows and a rest of 1-5; each group or panel going on from the sums so far) add
-    every row's products in the same order as the original batched path (flag 128), on a weight wide enough
-    for several groups, 64-row tiles and a strip, the last tile cut short. The AVX2 build runs them on
-    every x86 machine, whatever the native build takes."""
+    """The AVX2 batch paths (up to 6 rows: columns in groups that stay in L2; 7-16 rows, or fewer by the flag
+    1024: panels of 64 columns in L1, passes of 6 batch rows and a rest of 1-5; each group or panel going on
+    from the sums so far) add every row's products in the same order as the original batched path (flag 128),
+    on a weight wide enough for several groups, 64-row tiles and a strip, the last tile cut short. The AVX2
+    build runs them on every x86 machine, whatever the native build takes."""
 
     W, x = problem(130, 2500, 0.3, 0.2, dtype, batch=batch, seed=batch)
     sp = retile(pack(W, tile_rows=64), tile)
     new, base = CpuSpMSpV(sp, isa=isa, threads=2)(x), CpuSpMSpV(sp, isa=isa, threads=2, variant=128)(x)
     assert torch.equal(new, base)
+    for chosen in (128 | 256, 512, 1024, 256 | 512, 1024 | 512, 4 | 128 | 512, 5 | 128):  # the tuner's batch flags
+        assert torch.equal(CpuSpMSpV(sp, isa=isa, threads=2, variant=chosen)(x), base), chosen
     torch.testing.assert_close(new, x @ W.float().T, rtol=1e-3, atol=1e-2 * float(x.abs().sum(1).max()) / 100)
 
 

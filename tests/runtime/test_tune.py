@@ -51,7 +51,9 @@ def test_plan_is_measured_once_and_cached(fresh_cache):
     first = tune.plan(300, 64, torch.bfloat16, 0.5, 128, threads=2)
     entry = next(iter(json.loads(fresh_cache.read_text()).values()))
     assert (entry["variant"], entry["tile_rows"]) == (first.variant, first.tile_rows)
-    assert min(entry["ms"].values()) == pytest.approx(entry["ms"][str(first)])
+    one_row = tune.Plan(first.variant & ~cpu.BATCH_FLAGS, first.tile_rows, first.align)
+    assert min(entry["ms"].values()) == pytest.approx(entry["ms"][str(one_row)])  # timed for one row, then batches
+    assert ("batch_ms" in entry) == (4 in cpu.variants_available()[0]) == (first != one_row)
     tune._plan_cached.cache_clear()
     entry["variant"], entry["tile_rows"], entry["align"] = 0, 64, 0  # a cached answer is read, not measured again
     fresh_cache.write_text(json.dumps({next(iter(json.loads(fresh_cache.read_text()))): entry}))
@@ -119,3 +121,43 @@ def test_measure_times_each_candidate_as_often_as_its_length_needs(monkeypatch):
     per_pass = -(-tune.rounds_for(1e-3) // (2 * tune.PASSES))
     assert first < per_pass
     assert calls == [first] * len(plans) + [per_pass] * ((2 * tune.PASSES - 1) * len(plans))
+
+
+@pytest.mark.parametrize("wins", [("base", "base"), ("registers", "base"), ("panels", "panels"), ("base", "panels")])
+def test_the_batch_path_is_measured_per_range_on_the_plans_layout_and_cached(monkeypatch, fresh_cache, wins):
+    """Where the build has AVX2's batch paths, the plan carries the flags of the path measured fastest at 4 rows
+    (base, registers, panels) and at 16 (base, panels) on the layout chosen for one row; times cached beside it."""
+    if 4 not in cpu.variants_available()[0]:
+        pytest.skip("this build has only the base batch path")
+    seen = []
+
+    def fake_measure(n, k, dtype, density, plans, threads, rows=0):
+        seen.append((rows, plans))
+        if not rows:  # one row: the plain plans; the last candidate wins
+            return {p: 1e-3 / (i + 1) for i, p in enumerate(plans)}
+        names = ["base", *tune.BATCH_ROWS[rows]]
+        winner = wins[list(tune.BATCH_ROWS).index(rows)]
+        return {p: 1e-3 if name == winner else 2e-3 for name, p in zip(names, plans, strict=True)}
+
+    monkeypatch.setattr(tune, "measure", fake_measure)
+    chosen = tune.plan(300, 64, torch.bfloat16, 0.5, 128, threads=2)
+    last = seen[0][1][-1]
+    flags = cpu.VARIANT_BATCH_BASE
+    for rows, winner in zip(tune.BATCH_ROWS, wins, strict=True):
+        flags |= tune.BATCH_ROWS[rows].get(winner, 0)
+    assert chosen == tune.Plan(last.variant | flags, last.tile_rows, last.align)
+    assert [rows for rows, _ in seen] == [0, *tune.BATCH_ROWS]
+    for rows, plans in seen[1:]:  # each range: the base path and AVX2's, on the one-row plan's layout
+        flagged = [cpu.VARIANT_BATCH_BASE, *tune.BATCH_ROWS[rows].values()]
+        assert plans == [tune.Plan(last.variant | f, last.tile_rows, last.align) for f in flagged]
+    entry = next(iter(json.loads(fresh_cache.read_text()).values()))
+    assert entry["variant"] == chosen.variant and entry["batch_ms"]["16"]["base"] == (1.0 if wins[1] == "base" else 2.0)
+    tune._plan_cached.cache_clear()
+    assert tune.plan(300, 64, torch.bfloat16, 0.5, 128, threads=2) == chosen and len(seen) == 3  # read back
+
+
+def test_measure_times_batches_on_real_calls():
+    plans = [tune.Plan(cpu.VARIANT_BATCH_BASE, 64), tune.Plan(cpu.VARIANT_FEW_PANELS, 64)]
+    timed = tune.measure(96, 80, torch.float32, 0.5, plans, threads=1, rows=4)
+    assert set(timed) == set(plans) and all(0 < t < 1 for t in timed.values())
+    assert tune._input(80, torch.bfloat16, rows=4).shape == (4, 80) and tune._input(80, torch.float32).shape == (80,)

@@ -366,17 +366,18 @@ static inline __attribute__((always_inline)) void panel_tile(const uint64_t *bit
         else CALL_BF16;                               \
     } while (0)
 
-/* Batched rows on AVX2: one tile (any height), rows row0.. of y (batch x n). Up to 6 rows every batch row's sums
- * fit in registers in one pass and each expanded chunk is used straight from its register (batch_tile);
- * more rows would expand every chunk once per 6 rows, so they take the panels (panel_tile). Returns 0. */
+/* Batched rows on AVX2: one tile (any height), rows row0.. of y (batch x n). Up to AVX2_FEW_ROWS rows every batch
+ * row's sums fit in registers in one pass and each expanded chunk is used straight from its register (batch_tile);
+ * more rows would expand every chunk once per 6 rows, so they take the panels (panel_tile), as do fewer rows when
+ * ``panels`` says so (on wide strips the panels are faster at 2-6 rows too: docs/kernel.md). Returns 0. */
 int duogpt_avx2_batch(const uint64_t *bitmaps, const void *values, int dtype, const int64_t *offsets, int64_t k,
                       int64_t words, const int32_t *active, int64_t n_active, const float *x, int64_t batch,
-                      int64_t *cursor, float *y, int64_t n, int64_t count) {
+                      int64_t *cursor, float *y, int64_t n, int64_t count, int panels) {
     const char *v = (const char *)values;
 #define DUOGPT_TILE(FN, DT) FN(bitmaps, v, offsets, k, words, active, n_active, x, batch, cursor, y, n, count, DT)
     if (n_active == 0) /* no column to add: the sums are zero (neither path writes y then) */
         for (int64_t b = 0; b < batch; b++) memset(y + b * n, 0, (size_t)count * sizeof(float));
-    else if (batch <= 6)
+    else if (batch <= AVX2_FEW_ROWS && !panels)
         DUOGPT_BY_DTYPE(DUOGPT_TILE(batch_tile, DT_F32), DUOGPT_TILE(batch_tile, DT_F16),
                         DUOGPT_TILE(batch_tile, DT_BF16));
     else
@@ -431,9 +432,9 @@ int duogpt_avx2_tile(int v, int pf, const uint64_t *bitmaps, const void *values,
 
 int duogpt_avx2_batch(const uint64_t *bitmaps, const void *values, int dtype, const int64_t *offsets, int64_t k,
                       int64_t words, const int32_t *active, int64_t n_active, const float *x, int64_t batch,
-                      int64_t *cursor, float *y, int64_t n, int64_t count) {
+                      int64_t *cursor, float *y, int64_t n, int64_t count, int panels) {
     (void)bitmaps, (void)values, (void)dtype, (void)offsets, (void)k, (void)words, (void)active, (void)n_active;
-    (void)x, (void)batch, (void)cursor, (void)y, (void)n, (void)count;
+    (void)x, (void)batch, (void)cursor, (void)y, (void)n, (void)count, (void)panels;
     return -1;
 }
 

@@ -21,11 +21,19 @@ enum { DT_F32 = 0, DT_F16 = 1, DT_BF16 = 2 };
  *   5  AVX2: strips, sums in a per-thread buffer, two columns per pass (avx2.c)
  * Flags: VARIANT_NO_DP multiplies bfloat16 by shift + FMA even where vdpbf16ps exists;
  * VARIANT_NO_PF issues no software prefetch (the hardware prefetchers alone); VARIANT_PF_HEAD
- * prefetches only the first lines of a strip's coming columns (default: their whole segments). */
+ * prefetches only the first lines of a strip's coming columns (default: their whole segments).
+ * The batch flags pick the path of batches of 2..16 rows per range of rows: the base path, or one of AVX2's
+ * (avx2.c: sums of every row in registers, or panels expanded once into L1); kernels/tune.py times them per CPU
+ * and shape and sets them. With no batch flag, the build's default (spmspv.c batch_path). */
 #define VARIANT_NO_DP 16
 #define VARIANT_NO_PF 32
 #define VARIANT_PF_HEAD 64
-#define VARIANT_BATCH_BASE 128 /* batches of 2..16 rows take the original path (sums in memory) */
+#define VARIANT_BATCH_BASE 128  /* batches take the base path (sums in memory) unless a flag below says otherwise */
+#define VARIANT_FEW_REGS 256    /* batches of 2..AVX2_FEW_ROWS rows: AVX2, sums in registers (where built) */
+#define VARIANT_MANY_PANELS 512 /* batches of AVX2_FEW_ROWS+1..16 rows: AVX2 panels (where built) */
+#define VARIANT_FEW_PANELS 1024 /* batches of 2..AVX2_FEW_ROWS rows: AVX2 panels (where built) */
+#define VARIANT_BATCH_FLAGS (VARIANT_BATCH_BASE | VARIANT_FEW_REGS | VARIANT_MANY_PANELS | VARIANT_FEW_PANELS)
+#define AVX2_FEW_ROWS 6 /* the most rows whose sums the AVX2 register path holds */
 #define VARIANT_COUNT 6
 
 /* One linear of a group product (duogpt_spmspv_group): its packed weight, and where its rows go in the
@@ -65,7 +73,7 @@ int duogpt_avx2_variants(void);
  * Returns 0, or -1 where not compiled. */
 int duogpt_avx2_batch(const uint64_t *bitmaps, const void *values, int dtype, const int64_t *offsets, int64_t k,
                       int64_t words, const int32_t *active, int64_t n_active, const float *x, int64_t batch,
-                      int64_t *cursor, float *y, int64_t n, int64_t count);
+                      int64_t *cursor, float *y, int64_t n, int64_t count, int panels);
 
 /* One stored value (dtype code) as float32, and 16 or 8 of them where the vector unit has that width. */
 static inline float half_to_float(uint16_t h) {

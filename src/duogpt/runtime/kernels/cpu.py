@@ -36,7 +36,10 @@ ISA_FLAGS = (
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _PAD_BYTES = 64
 VARIANT_COUNT = 6  # common.h
-VARIANT_NO_DP, VARIANT_NO_PF, VARIANT_PF_HEAD, VARIANT_BATCH_BASE = 16, 32, 64, 128  # common.h's flags
+VARIANT_NO_DP, VARIANT_NO_PF, VARIANT_PF_HEAD = 16, 32, 64  # common.h's flags: batch-1 paths
+VARIANT_BATCH_BASE, VARIANT_FEW_REGS, VARIANT_MANY_PANELS, VARIANT_FEW_PANELS = 128, 256, 512, 1024  # batches
+BATCH_FLAGS = VARIANT_BATCH_BASE | VARIANT_FEW_REGS | VARIANT_MANY_PANELS | VARIANT_FEW_PANELS
+AVX2_FEW_ROWS = 6  # common.h: the most rows whose sums the AVX2 register batch path holds
 
 
 def _compiler() -> str:
@@ -284,6 +287,10 @@ class CpuSpMSpV:
 
     ``variant``: the batch-1 kernel variant (common.h; kernels/tune.py picks it per CPU and
     shape); 0 is the original path, and any variant falls back to it where it does not apply.
+    Its batch flags pick the path of batches of 2..16 rows (``common.h``): ``VARIANT_BATCH_BASE`` the
+    base path for every range no other flag names; ``VARIANT_FEW_REGS`` or ``VARIANT_FEW_PANELS`` AVX2's
+    registers or panels for 2..AVX2_FEW_ROWS rows, ``VARIANT_MANY_PANELS`` its panels for more rows;
+    no batch flag: the build's default.
     """
 
     def __init__(

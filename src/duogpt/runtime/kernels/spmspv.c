@@ -298,10 +298,16 @@ static int base_tile(const uint64_t *bitmaps, const void *values, int dtype, con
     return 0;
 }
 
-/* Whether a batch takes the AVX2 batch paths (avx2.c): on AVX2 builds always, as they are faster than the base
- * path at every shape, dtype and tile height measured on an AVX2 EPYC (docs/kernel.md). AVX-512 builds keep
- * their base path (16-lane expands): the 8-lane paths have not been timed against it. */
-static int batch_in_registers(void) { return LANES == 8; }
+/* The path of a batch of 2..16 rows: 0 the base path, 1 AVX2's sums in registers, 2 AVX2's panels (avx2.c; the
+ * base path where the build lacks them). As the member's batch flags say for its range of rows (kernels/tune.py
+ * times the paths per CPU and shape and sets them), else the build's default: on AVX2 builds registers up to
+ * AVX2_FEW_ROWS rows and panels above, on AVX-512 builds the base path (16-lane expands). */
+static int batch_path(int variant, int64_t batch) {
+    const int few = batch <= AVX2_FEW_ROWS;
+    if (!(variant & VARIANT_BATCH_FLAGS)) return LANES == 8 ? (few ? 1 : 2) : 0;
+    if (!few) return variant & VARIANT_MANY_PANELS ? 2 : 0;
+    return variant & VARIANT_FEW_REGS ? 1 : variant & VARIANT_FEW_PANELS ? 2 : 0;
+}
 
 /* One tile of one member into its rows of y (row stride ld); 0, or -1 where no path took it. */
 static int member_tile(const duogpt_member *m, int64_t t, int64_t k, const int32_t *active, int64_t n_active,
@@ -316,9 +322,9 @@ static int member_tile(const duogpt_member *m, int64_t t, int64_t k, const int32
         duogpt_variant_tile(m->variant, bm, m->values, dtype, off, words, active, n_active, x, exact, acc, ym + row0,
                             count) == 0)
         return 0;
-    if (batch > 1 && !(m->variant & VARIANT_BATCH_BASE) && batch_in_registers() &&
-        duogpt_avx2_batch(bm, m->values, dtype, off, k, words, active, n_active, x, batch, starts, ym + row0, ld,
-                          count) == 0)
+    const int path = batch > 1 ? batch_path(m->variant, batch) : 0;
+    if (path && duogpt_avx2_batch(bm, m->values, dtype, off, k, words, active, n_active, x, batch, starts, ym + row0,
+                                  ld, count, path == 2) == 0)
         return 0;
     return base_tile(bm, m->values, dtype, off, k, words, active, n_active, x, batch, acc, starts, ym, ld, row0, count);
 }

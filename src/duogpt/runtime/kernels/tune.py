@@ -16,6 +16,13 @@ column jumps, how large its L1 is. ``plan(n, k, dtype, density)`` answers for on
   about 50 ms of the fastest one's, at most 256 calls in all): at 7B shapes a call takes
   milliseconds, at the default model's tens of microseconds, where 16 calls let the noise of a few
   pick the plan;
+- batches of 2..16 rows (speculative decoding, small-batch serving) run on the layout the plan
+  chose; where the build has AVX2's batch paths beside the base one (sums in memory), the paths
+  are timed on that layout the same way, at 4 rows (base, AVX2's sums in registers, AVX2's panels)
+  and at 16 (base, panels), and the plan takes the fastest per range of rows (flags in its
+  variant, ``common.h``). None wins everywhere: on an AVX2 EPYC the panels beat the register path
+  at 4 rows on wide strips and lose on 64-row tiles; an AVX-512 CPU uses AVX2's paths only where
+  it measures them faster than its own;
 - the fastest is cached in ``tune.json`` beside the built kernel, keyed by the tuner's version,
   CPU model, shape, dtype, density and threads: a machine measures each shape once (2-6 s for a 7B
   shape), later loads read the file.
@@ -53,7 +60,7 @@ PLAN_ENV = "DUOGPT_KERNEL_PLAN"
 ROUNDS, MAX_ROUNDS = 16, 256  # timed calls per candidate: at least, and at most for short calls
 MIN_SECONDS = 0.05  # timing per candidate that sets the number of calls for short calls
 PASSES = 2  # forward and reverse passes over the candidates, each this many times
-TUNE_VERSION = 3  # part of the cache key: plans measured by an older candidate list or method are measured again
+TUNE_VERSION = 4  # part of the cache key: plans measured by an older candidate list or method are measured again
 CACHE_FILE = "tune.json"
 
 
@@ -132,10 +139,18 @@ def random_packed(n: int, k: int, dtype: torch.dtype, density: float, seed: int 
     return SparseLinear(bitmaps, values[:nnz], offsets, (n, k), 64)
 
 
-def _input(k: int, dtype: torch.dtype, seed: int = 1) -> torch.Tensor:
+BATCH_ROWS = {  # rows timed per range of rows for the batch-path choice: the AVX2 paths tried against the base one
+    4: {"registers": cpu.VARIANT_FEW_REGS, "panels": cpu.VARIANT_FEW_PANELS},
+    16: {"panels": cpu.VARIANT_MANY_PANELS},
+}
+
+
+def _input(k: int, dtype: torch.dtype, seed: int = 1, rows: int = 0) -> torch.Tensor:
+    """A decode input (``rows`` 0: one vector; else ``rows`` of them), half of each row's entries zero."""
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(k, generator=gen)
-    x[torch.rand(k, generator=gen) < 0.5] = 0
+    x = torch.randn(max(rows, 1), k, generator=gen)
+    x[torch.rand(x.shape, generator=gen) < 0.5] = 0
+    x = x if rows else x[0]
     return x.to(dtype).float() if dtype == torch.bfloat16 else x  # a bfloat16 model's inputs are bfloat16
 
 
@@ -159,10 +174,13 @@ def rounds_for(seconds_per_call: float) -> int:
     return int(min(MAX_ROUNDS, max(ROUNDS, MIN_SECONDS / max(seconds_per_call, 1e-7))))
 
 
-def measure(n: int, k: int, dtype: torch.dtype, density: float, plans: list[Plan], threads: int) -> dict[Plan, float]:
-    """Median seconds per call of each plan on a random weight (one re-tiled copy alive at a time)."""
+def measure(
+    n: int, k: int, dtype: torch.dtype, density: float, plans: list[Plan], threads: int, rows: int = 0
+) -> dict[Plan, float]:
+    """Median seconds per call of each plan on a random weight (one re-tiled copy alive at a time), on one
+    input vector (``rows`` 0) or a batch of ``rows``."""
     base = random_packed(n, k, dtype, density)
-    x = _input(k, dtype)
+    x = _input(k, dtype, rows=rows)
     times: dict[Plan, list[float]] = {p: [] for p in plans}
     per_pass = ROUNDS // (2 * PASSES)
     for i, order in enumerate((plans, plans[::-1]) * PASSES):
@@ -224,14 +242,33 @@ def _plan_cached(n: int, k: int, dtype: torch.dtype, eighths: int, default_tile:
     t0 = time.perf_counter()
     timed = measure(n, k, dtype, eighths / 8, plans, threads)
     best = min(timed, key=timed.get)
+    ms = {str(p): t * 1e3 for p, t in timed.items()}
+    best, batch_ms = batch_path(best, n, k, dtype, eighths / 8, threads)
     log.info(
         "kernel plan for %dx%d %s on this CPU: variant %d, tiles of %d rows (%.3f ms; %d candidates timed in %.1f s)",
-        n, k, str(dtype).replace("torch.", ""), best.variant, best.tile_rows, timed[best] * 1e3, len(plans),
+        n, k, str(dtype).replace("torch.", ""), best.variant, best.tile_rows, min(timed.values()) * 1e3, len(plans),
         time.perf_counter() - t0,
     )  # fmt: skip
-    ms = {str(p): t * 1e3 for p, t in timed.items()}
-    _remember(key, {"variant": best.variant, "tile_rows": best.tile_rows, "align": best.align, "ms": ms})
+    entry = {"variant": best.variant, "tile_rows": best.tile_rows, "align": best.align, "ms": ms}
+    _remember(key, entry | ({"batch_ms": batch_ms} if batch_ms else {}))
     return best
+
+
+def batch_path(best: Plan, n: int, k: int, dtype: torch.dtype, density: float, threads: int) -> tuple[Plan, dict]:
+    """``best`` with the batch flags (``common.h``) of the path faster on its layout at each of BATCH_ROWS, and the
+    times in ms per path and rows; ``best`` unchanged where the build has only the base batch path."""
+    if 4 not in cpu.variants_available()[0]:  # the AVX2 kernels (avx2.c) are not in this build
+        return best, {}
+    ms: dict[str, dict[str, float]] = {}
+    flags = cpu.VARIANT_BATCH_BASE
+    for rows, paths in BATCH_ROWS.items():
+        sides = {name: Plan(best.variant | flag, best.tile_rows, best.align)
+                 for name, flag in {"base": cpu.VARIANT_BATCH_BASE, **paths}.items()}  # fmt: skip
+        timed = measure(n, k, dtype, density, list(sides.values()), threads, rows=rows)
+        ms[str(rows)] = {name: timed[p] * 1e3 for name, p in sides.items()}
+        fastest = min(sides, key=lambda name: timed[sides[name]])
+        flags |= paths.get(fastest, 0)
+    return Plan(best.variant | flags, best.tile_rows, best.align), ms
 
 
 def _remember(key: str, entry: dict) -> None:
