@@ -255,9 +255,11 @@ def gemv_markdown(result: dict) -> str:
         f"weights cold before every call ({result['cold']}); medians of {result['repeats']} "
         "interleaved calls per side. 'original': the kernel's first version (variant 0, 256-row tiles; batches "
         "by its own batched path, flag 128) in the same run; 'plan': variant:tile rows chosen for this CPU by the "
-        "tuner, or 'dense': a weight without zeros on inputs without zeros, which the runtime holds dense and "
-        "multiplies by its dense product where this CPU measured that faster (the kernel's time is the JSON's "
-        "kernel_ms).\n\n" + markdown(head, rows) + _variants_md(result)
+        "tuner (the variant with its batch-path flags, kernels/common.h), or 'dense': a weight without zeros on "
+        "inputs without zeros, which the runtime holds dense and multiplies by its dense product where this CPU "
+        "measured that faster (the kernel's time is the JSON's kernel_ms).\n\n"
+        + markdown(head, rows)
+        + _variants_md(result)
     )
 
 
