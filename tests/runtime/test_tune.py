@@ -161,3 +161,14 @@ def test_measure_times_batches_on_real_calls():
     timed = tune.measure(96, 80, torch.float32, 0.5, plans, threads=1, rows=4)
     assert set(timed) == set(plans) and all(0 < t < 1 for t in timed.values())
     assert tune._input(80, torch.bfloat16, rows=4).shape == (4, 80) and tune._input(80, torch.float32).shape == (80,)
+
+
+def test_plans_of_one_layout_share_one_retiled_copy_per_pass(monkeypatch):
+    """The batch-path candidates differ only in flags: each pass re-tiles once per layout, not once per plan."""
+    retiled = []
+    real = cpu.retile
+    monkeypatch.setattr(cpu, "retile", lambda sp, rows, align=0: retiled.append((rows, align)) or real(sp, rows, align))
+    plans = [tune.Plan(0 | cpu.VARIANT_BATCH_BASE, 64), tune.Plan(0, 128), tune.Plan(0 | cpu.VARIANT_FEW_PANELS, 64)]
+    timed = tune.measure(128, 64, torch.float32, 0.5, plans, threads=1, rows=4)
+    assert set(timed) == set(plans)
+    assert len(retiled) == 2 * (2 * tune.PASSES) and set(retiled) == {(64, 0), (128, 0)}

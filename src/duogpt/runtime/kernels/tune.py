@@ -24,8 +24,8 @@ column jumps, how large its L1 is. ``plan(n, k, dtype, density)`` answers for on
   at 4 rows on wide strips and lose on 64-row tiles; an AVX-512 CPU uses AVX2's paths only where
   it measures them faster than its own;
 - the fastest is cached in ``tune.json`` beside the built kernel, keyed by the tuner's version,
-  CPU model, shape, dtype, density and threads: a machine measures each shape once (2-6 s for a 7B
-  shape), later loads read the file.
+  CPU model, shape, dtype, density and threads: a machine measures each shape once (one row and
+  batches: 2-3 s at 4096x4096, 8-11 s at 11008x4096 on a 2-core EPYC), later loads read the file.
 
 ``dense_faster(n, k, dtype, default_tile)`` answers a second question for a weight with no
 zeros to skip: whether the dense decode product (``cpu.dense_row``, a plain row-major weight)
@@ -177,15 +177,21 @@ def rounds_for(seconds_per_call: float) -> int:
 def measure(
     n: int, k: int, dtype: torch.dtype, density: float, plans: list[Plan], threads: int, rows: int = 0
 ) -> dict[Plan, float]:
-    """Median seconds per call of each plan on a random weight (one re-tiled copy alive at a time), on one
-    input vector (``rows`` 0) or a batch of ``rows``."""
+    """Median seconds per call of each plan on a random weight (one re-tiled copy alive at a time: plans of one
+    layout are timed one after another on it), on one input vector (``rows`` 0) or a batch of ``rows``."""
     base = random_packed(n, k, dtype, density)
     x = _input(k, dtype, rows=rows)
+    layouts = list(dict.fromkeys((p.tile_rows, p.align) for p in plans))
+    plans = sorted(plans, key=lambda p: layouts.index((p.tile_rows, p.align)))
     times: dict[Plan, list[float]] = {p: [] for p in plans}
     per_pass = ROUNDS // (2 * PASSES)
     for i, order in enumerate((plans, plans[::-1]) * PASSES):
+        layout, packed = None, None
         for p in order:
-            kernel = cpu.CpuSpMSpV(cpu.retile(base, p.tile_rows, p.align), threads=threads, variant=p.variant)
+            if (p.tile_rows, p.align) != layout:
+                layout, packed = (p.tile_rows, p.align), None
+                packed = cpu.retile(base, p.tile_rows, p.align)
+            kernel = cpu.CpuSpMSpV(packed, threads=threads, variant=p.variant)
             kernel(x)  # warm the code path
             times[p] += _time(kernel, _kernel_arrays(kernel), x, per_pass)
         if i == 0:  # every candidate seen once: the later passes time as many calls as the fastest one needs
