@@ -39,7 +39,6 @@ VARIANT_COUNT = 6  # common.h
 VARIANT_NO_DP, VARIANT_NO_PF, VARIANT_PF_HEAD = 16, 32, 64  # common.h's flags: batch-1 paths
 VARIANT_BATCH_BASE, VARIANT_FEW_REGS, VARIANT_MANY_PANELS, VARIANT_FEW_PANELS = 128, 256, 512, 1024  # batches
 BATCH_FLAGS = VARIANT_BATCH_BASE | VARIANT_FEW_REGS | VARIANT_MANY_PANELS | VARIANT_FEW_PANELS
-AVX2_FEW_ROWS = 6  # common.h: the most rows whose sums the AVX2 register batch path holds
 
 
 def _compiler() -> str:
@@ -289,7 +288,7 @@ class CpuSpMSpV:
     shape); 0 is the original path, and any variant falls back to it where it does not apply.
     Its batch flags pick the path of batches of 2..16 rows (``common.h``): ``VARIANT_BATCH_BASE`` the
     base path for every range no other flag names; ``VARIANT_FEW_REGS`` or ``VARIANT_FEW_PANELS`` AVX2's
-    registers or panels for 2..AVX2_FEW_ROWS rows, ``VARIANT_MANY_PANELS`` its panels for more rows;
+    registers or panels for 2..6 rows, ``VARIANT_MANY_PANELS`` its panels for 7..16 rows;
     no batch flag: the build's default.
     """
 

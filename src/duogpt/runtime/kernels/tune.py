@@ -189,7 +189,7 @@ def measure(
         layout, packed = None, None
         for p in order:
             if (p.tile_rows, p.align) != layout:
-                layout, packed = (p.tile_rows, p.align), None
+                layout, packed = (p.tile_rows, p.align), None  # the last layout's copy freed first
                 packed = cpu.retile(base, p.tile_rows, p.align)
             kernel = cpu.CpuSpMSpV(packed, threads=threads, variant=p.variant)
             kernel(x)  # warm the code path
