@@ -116,6 +116,13 @@ class PruneConfig:
     batch_size: int = setting(8, "calibration sequences per forward pass", checks.positive_int, metavar="N")
     blocksize: int = setting(128, "OBS column block size", checks.positive_int, metavar="N")
     percdamp: float = setting(0.01, "OBS dampening, fraction of mean diag(H)", checks.nonnegative)
+    sink_weight: float = setting(
+        1.0,
+        "weight of each calibration sequence's first token (the attention sink, which every later token "
+        "attends to) in the statistics the solvers fit; 1 counts it as any other token (docs/method.md)",
+        checks.nonnegative,
+        metavar="W",
+    )
     sparsify_prefill: bool = setting(
         True,
         "sparsify prompt (prefill) activations too; --no-sparsify-prefill sparsifies decode only",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -10,7 +12,7 @@ from conftest import tiny_llama_config, tiny_model
 from duogpt.config import PruneConfig
 from duogpt.errors import UsageError
 from duogpt.models import GROUPS, find_blocks
-from duogpt.pruning import groups, pipeline, solvers, sparsify
+from duogpt.pruning import groups, methods, pipeline, solvers, sparsify, statistics
 from duogpt.pruning.pipeline import prune_model
 
 
@@ -79,6 +81,42 @@ def test_alpha_auto_holds_out_every_fourth_sequence_of_the_whole_set():
     rows = groups.held_rows(split, 0, 64)  # sequences 4..7, the first token of each left in the fit part
     assert rows.tolist() == [False] * 48 + [False] + [True] * 15
     assert groups.held_rows(split, 1, 32).tolist() == [False] * 16 + [False] * 16  # sequences 8, 9
+
+
+@pytest.mark.parametrize("method", ["duogpt", "sparsegpt"])
+def test_sink_weight_counts_each_sequences_first_token_that_many_times(method, samples, monkeypatch):
+    """The first group's statistics at sink weight 4 are those at weight 1 plus 3x the sink tokens' own."""
+    seen, sink = [], []
+
+    class Sums(statistics.Accumulator):  # also sums the sink tokens' rows apart (weight 1 run)
+        def add(self, fit, dense=None, held=None):
+            f = fit[torch.arange(fit.shape[0]) % 32 == 0].double()
+            d = None if dense is None else dense[torch.arange(fit.shape[0]) % 32 == 0].double()
+            sink.append((f.T @ f, None if d is None else (d - f).T @ f))
+            super().add(fit, dense, held)
+
+    entry = methods.METHODS[method]
+    solve = lambda W, st, *a: seen.append(st) or entry.solve(W, st, *a)  # noqa: E731
+    monkeypatch.setitem(methods.METHODS, method, dataclasses.replace(entry, solve=solve))
+    monkeypatch.setattr(groups, "Accumulator", Sums)
+    run(tiny_model(), samples, method=method, sink_weight=1.0)  # 2 chunks of 4 sequences of 32 tokens
+    one, H_sink = seen[0], sink[0][0] + sink[1][0]
+    G_sink = None if sink[0][1] is None else sink[0][1] + sink[1][1]
+    seen.clear()
+    run(tiny_model(), samples, method=method, sink_weight=4.0)
+    close = dict(rtol=1e-4, atol=1e-5 * float(one.H.abs().max()))  # float32 products, summed in float64
+    torch.testing.assert_close(seen[0].H, one.H + 3 * H_sink, **close)
+    assert not torch.allclose(seen[0].H, one.H, **close)
+    if method == "duogpt":
+        torch.testing.assert_close(seen[0].G, one.G + 3 * G_sink, **close)
+        assert not torch.allclose(seen[0].G, one.G, **close)
+
+
+def test_weigh_sink_scales_first_rows_and_weight_one_changes_nothing():
+    x = torch.randn(3 * 5, 4)
+    weights = torch.ones(15).index_fill_(0, torch.tensor([0, 5, 10]), 9.0)
+    torch.testing.assert_close(statistics.weigh_sink_(x.clone(), 5, 9.0).T @ statistics.weigh_sink_(x.clone(), 5, 9.0), x.T @ (weights[:, None] * x))
+    assert torch.equal(statistics.weigh_sink_(x.clone(), 5, 1.0), x)
 
 
 @pytest.mark.parametrize(

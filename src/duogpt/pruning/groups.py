@@ -9,6 +9,9 @@ a ``spill.ChunkStore`` between the pass that makes them and the one that uses th
 or (out-of-core prunes) in files, one chunk resident at a time. The sums run over the chunks in
 the same order either way: the same bits, and the same as one process summing every chunk.
 
+With ``--sink-weight W`` each sequence's first token is weighted ``W`` in the sums (its rows of the
+fit and dense inputs scaled by ``sqrt(W)``, ``statistics.weigh_sink_``), after the threshold is set.
+
 With ``--alpha auto`` every ``HOLD_EVERY``-th calibration sequence (by its index in the whole
 set, whichever process holds it) is also summed apart: the held-out statistics the solver
 chooses alpha on (``solvers.choose_alpha``).
@@ -22,7 +25,7 @@ from duogpt.pruning import sparsify
 from duogpt.pruning.distributed import all_sum, all_sum_floats
 from duogpt.pruning.methods import Method
 from duogpt.pruning.spill import ChunkStore
-from duogpt.pruning.statistics import Accumulator, DenseRun, Statistics, group_input
+from duogpt.pruning.statistics import Accumulator, DenseRun, Statistics, group_input, weigh_sink_
 
 HOLD_EVERY = 4
 
@@ -49,6 +52,9 @@ def group_statistics(
             with sparsify.disabled(model), result.timed("forward"):
                 fit = group_input(block, group, streams["calib"][c], kw[c])
         dense_c = None if dense is None else dense.take(group, c)
+        for rows in (fit, dense_c):
+            if rows is not None:
+                weigh_sink_(rows, split.seqlen, cfg.sink_weight)
         held = held_rows(split, c, fit.shape[0]) if auto else None
         with result.timed("statistics"):
             acc.add(fit, dense_c, held)

@@ -194,7 +194,7 @@ def _prune_block(model, block: Block, streams: dict, kw: list[dict], cfg: PruneC
     dense = None
     if "dense" in streams:
         with result.timed("forward"):
-            dense = dense_run(block, streams["dense"], kw, store)
+            dense = dense_run(block, streams["dense"], kw, store, cfg.sink_weight)
         streams["dense"] = dense.outputs
     for group in GROUPS:
         gcfg = at_targets(cfg, result.targets, f"layers.{block.index}.{group}")

@@ -13,6 +13,11 @@ statistics are sums over chunks in float64:
   quarter of the calibration sequences, see ``pruning/groups.py``); the fit part is the
   difference, ``H - H_held``.
 
+Every sum may weigh each sequence's first token (the attention sink) by ``sink_weight`` instead
+of 1: its rows of ``Xs`` and ``Xd`` are scaled by ``sqrt(sink_weight)`` before they are added
+(``weigh_sink_``), so ``H``, ``G``, ``norms2`` and ``out_norm2`` are the sums over tokens with that
+weight on the sink, the same as repeating it ``sink_weight`` times.
+
 ``Accumulator`` adds one chunk at a time (``pruning/groups.py`` feeds it), so no more than a
 chunk of a group's inputs need be in memory. With several processes every sum also runs over
 the other ranks' chunks (``duogpt.pruning.distributed``). The solves that use them are pure functions
@@ -80,6 +85,14 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]).float()
 
 
+def weigh_sink_(rows: torch.Tensor, seqlen: int, weight: float) -> torch.Tensor:
+    """Scale, in place, the rows of ``rows`` ((sequences * seqlen, k), sequence-major) that are a
+    sequence's first token by ``sqrt(weight)``: in ``X^T X`` that token then counts ``weight`` times."""
+    if weight != 1:
+        rows.view(-1, seqlen, rows.shape[-1])[:, 0] *= weight**0.5
+    return rows
+
+
 def group_input(block: Block, group: str, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
     """Inputs of ``group`` (before its sparsifier) for one chunk, as (tokens, k) float32; the block
     runs only up to that group."""
@@ -117,8 +130,11 @@ class DenseRun:
         return self.store.take(f"xd.{group}.{chunk}")
 
 
-def dense_run(block: Block, hidden: list[torch.Tensor], kwargs: list[dict], store: ChunkStore) -> DenseRun:
-    """Run the (unpruned) block fully, recording what DuoGPT's dense target needs."""
+def dense_run(
+    block: Block, hidden: list[torch.Tensor], kwargs: list[dict], store: ChunkStore, sink_weight: float = 1.0
+) -> DenseRun:
+    """Run the (unpruned) block fully, recording what DuoGPT's dense target needs (``||W Xd||^2`` with
+    each sequence's first token weighted by ``sink_weight``, as the statistics weigh it)."""
     run = DenseRun([], store, {})
     handles, made = [], dict.fromkeys(GROUPS, 0)
 
@@ -135,7 +151,8 @@ def dense_run(block: Block, hidden: list[torch.Tensor], kwargs: list[dict], stor
                 out = out if mod.bias is None else out - mod.bias
                 for p in parts:
                     rows = out if len(parts) == 1 else out[..., p.start : p.stop]
-                    run.out_norm2[p.name] = run.out_norm2.get(p.name, 0.0) + float(rows.double().pow(2).sum())
+                    norm2 = rows.double().pow(2).sum() + (sink_weight - 1) * rows[:, 0].double().pow(2).sum()
+                    run.out_norm2[p.name] = run.out_norm2.get(p.name, 0.0) + float(norm2)
 
             handles.append(linear.register_forward_hook(norm_hook))
     try:
