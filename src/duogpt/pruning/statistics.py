@@ -151,7 +151,9 @@ def dense_run(
                 out = out if mod.bias is None else out - mod.bias
                 for p in parts:
                     rows = out if len(parts) == 1 else out[..., p.start : p.stop]
-                    norm2 = rows.double().pow(2).sum() + (sink_weight - 1) * rows[:, 0].double().pow(2).sum()
+                    norm2 = rows.double().pow(2).sum()
+                    if sink_weight != 1:
+                        norm2 += (sink_weight - 1) * rows[:, 0].double().pow(2).sum()
                     run.out_norm2[p.name] = run.out_norm2.get(p.name, 0.0) + float(norm2)
 
             handles.append(linear.register_forward_hook(norm_hook))
