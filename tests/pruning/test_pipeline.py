@@ -90,8 +90,9 @@ def test_sink_weight_counts_each_sequences_first_token_that_many_times(method, s
 
     class Sums(statistics.Accumulator):  # also sums the sink tokens' rows apart (weight 1 run)
         def add(self, fit, dense=None, held=None):
-            f = fit[torch.arange(fit.shape[0]) % 32 == 0].double()
-            d = None if dense is None else dense[torch.arange(fit.shape[0]) % 32 == 0].double()
+            first = torch.arange(fit.shape[0]) % 32 == 0
+            f = fit[first].double()
+            d = None if dense is None else dense[first].double()
             sink.append((f.T @ f, None if d is None else (d - f).T @ f))
             super().add(fit, dense, held)
 
