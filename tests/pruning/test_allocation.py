@@ -59,6 +59,13 @@ def test_at_cost_meets_the_speedup_with_the_shape_and_says_when_no_shift_can():
     assert allocation.at_cost(model, shape | {"w.qkv": -2.0, "x.qkv": -2.0}, 3.0, budget) is None
 
 
+def test_every_number_of_the_prior_is_a_number_of_a_llama_shape():
+    # the search starts from PRIOR's numbers where the shape has them: a misspelt one would be dropped unseen
+    _, blocks = find_blocks(model4())
+    shape = allocation.uniform_shape(blocks)
+    assert set(allocation.PRIOR) <= set(shape)
+
+
 def test_proxy_masks_inside_its_forward_only_and_is_the_dense_model_at_zero(samples):
     model = model4()
     before = {k: v.clone() for k, v in model.state_dict().items()}

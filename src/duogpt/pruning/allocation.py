@@ -55,7 +55,8 @@ STAT_SEQUENCES = 4  # calibration sequences the stand-in statistics come from
 LOSS_SEQUENCES = 2  # calibration sequences the proxy loss is taken on (the last ones)
 GRID = 50  # per-row Wanda thresholds at weight sparsity 0, 1/GRID, ...
 SAMPLE = 16384  # input magnitudes kept per group and sequence for the activation quantiles
-PRIOR = {"x.down": 0.2, "w.depth": 0.2, "x.depth": 0.1}  # a second start beside uniform (docs/method.md)
+# A second start beside uniform: the direction every search on the default model agreed on (docs/method.md)
+PRIOR = {"x.down": 0.2, "x.o": 0.1, "w.depth": 0.2, "x.depth": 0.1}
 ALLOCATIONS = ("uniform", "search")
 
 Targets = dict[str, tuple[float, float]]  # 'layers.{i}.{group}' -> (weight sparsity, activation sparsity)
