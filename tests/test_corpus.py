@@ -117,6 +117,18 @@ def test_calibration_samples_are_seeded_windows():
     assert not torch.equal(a, corpus.calibration_samples(tokens, 5, 50, seed=4))
 
 
+def test_held_out_windows_overlap_no_calibration_window_and_are_seeded():
+    tokens = torch.arange(2000)  # each window's ids are its positions
+    fit = corpus.calibration_samples(tokens, 8, 50, seed=3, bos=7)
+    held = corpus.held_out_samples(tokens, 4, 8, 50, seed=3, bos=7)
+    assert held.shape == (4, 50) and (held[:, 0] == 7).all()
+    taken, mine = [int(w[1]) for w in fit], [int(w[1]) for w in held]  # each window's first text position
+    assert all(abs(a - b) >= 49 for i, a in enumerate(mine) for b in taken + mine[i + 1 :])
+    assert torch.equal(held, corpus.held_out_samples(tokens, 4, 8, 50, seed=3, bos=7))
+    with pytest.raises(UsageError, match=r"too short to hold out 4 windows .* \(--alpha auto\)"):
+        corpus.held_out_samples(torch.arange(150), 4, 4, 50, seed=0)  # room for 3 disjoint windows at most
+
+
 def test_too_short_text_is_refused():
     with pytest.raises(UsageError, match="fewer than one sample"):
         corpus.calibration_samples(torch.arange(10), 2, 50, 0)

@@ -16,7 +16,7 @@ from duogpt.files import check_out_dir, remove_stale_stages, run_lock
 from duogpt.logs import log
 from duogpt.memory import peak_rss_mb
 from duogpt.models import load_model, load_skeleton, resolve_model_path
-from duogpt.pruning import preflight
+from duogpt.pruning import alpha_choice, preflight
 from duogpt.pruning.distributed import barrier, world
 from duogpt.pruning.offload import OffloadedBlocks, load_offloaded
 from duogpt.pruning.pipeline import prune_model, stream_names
@@ -85,7 +85,7 @@ def _choose_offload(model, cfg: PruneConfig, run: _Run) -> tuple[bool, preflight
     def need(offload: bool) -> preflight.Estimate:
         return preflight.estimate(
             skeleton, cfg.nsamples, cfg.seqlen, streams, run.out is not None, offload, cfg.batch_size,
-            held_out=cfg.alpha == "auto",
+            held_out=cfg.chooses_alpha,
         )  # fmt: skip
 
     in_memory = need(False)
@@ -107,6 +107,8 @@ def _choose_offload(model, cfg: PruneConfig, run: _Run) -> tuple[bool, preflight
 
 def _prune(model, cfg: PruneConfig, run: _Run):
     offload, need = _choose_offload(model, cfg, run)
+    if offload and cfg.chooses_alpha:
+        raise UsageError(alpha_choice.NEEDS_MEMORY)
     preflight.check(need, run.out)
     text = corpus.load_text(cfg.calib, "calib")
     if offload:
@@ -114,7 +116,11 @@ def _prune(model, cfg: PruneConfig, run: _Run):
     else:
         lm, tokenizer = load_model(model, dtype=cfg.dtype, device=run.device)
     bos = corpus.bos_token(tokenizer, cfg.bos)
-    samples = corpus.calibration_samples(corpus.tokenize(tokenizer, text), cfg.nsamples, cfg.seqlen, cfg.seed, bos)
+    tokens = corpus.tokenize(tokenizer, text)
+    samples = corpus.calibration_samples(tokens, cfg.nsamples, cfg.seqlen, cfg.seed, bos)
+    held = None
+    if cfg.chooses_alpha:
+        held = corpus.held_out_samples(tokens, alpha_choice.HELD_SEQUENCES, cfg.nsamples, cfg.seqlen, cfg.seed, bos)
     work = None if run.out is None else work_dir_for(run.out)
     base_model = model or resolve_model_path(None)
     torch.manual_seed(cfg.seed)
@@ -130,7 +136,7 @@ def _prune(model, cfg: PruneConfig, run: _Run):
                 blocks_io.restore_rest(lm)
                 w.finish(lm, tokenizer, {"base_model": base_model, **result.to_json()})
     else:
-        result = prune_model(lm, samples, cfg, progress=run.progress, work_dir=work)
+        result = prune_model(lm, samples, cfg, progress=run.progress, work_dir=work, held=held)
         _report(lm, result, need, bos, offload)
         if run.out is not None and writes:
             checkpoint.save(lm, tokenizer, {"base_model": base_model, **result.to_json()}, run.out, force=run.force)

@@ -32,11 +32,8 @@ def setting(default, help: str, check, *, choices=(), metavar=None, negation_ali
     return field(default=default, metadata=meta)
 
 
-AUTO_ALPHA_MIN_SAMPLES = 4  # one calibration sequence in four is held out (pruning/groups.py)
-
-
 def _alpha(name: str, value):
-    """A non-negative number, or 'auto' (chosen per linear on held-out calibration sequences)."""
+    """A non-negative number, or 'auto' (chosen per group on held-out calibration windows)."""
     if value == "auto":
         return value
     if isinstance(value, str):
@@ -80,15 +77,13 @@ class PruneConfig:
     # alpha 0.25 / ridge 0.1: best of the ablation in docs/ablation-alpha.md at 30/30 and 50/50
     alpha: float | str = setting(
         0.25,
-        "DuoGPT residual-correction scale, or auto: per linear, the alpha and ridge whose correction best "
-        "predicts held-out calibration sequences (one in four; recorded in duogpt.json; on the default model "
-        "worse than 0.25, see docs/method.md)",
+        "DuoGPT residual-correction scale, or auto: per group, the alpha in 0, 0.125, 0.25 with the least "
+        "loss of held-out windows of the calibration text through the rest of the model (recorded in "
+        "duogpt.json; about 6x the prune's time; needs every block in memory; see docs/method.md)",
         _alpha,
         metavar="A|auto",
     )
-    ridge: float = setting(
-        0.1, "DuoGPT target ridge, fraction of mean diag(H) (--alpha auto chooses its own)", checks.nonnegative
-    )
+    ridge: float = setting(0.1, "DuoGPT target ridge, fraction of mean diag(H)", checks.nonnegative)
     correction: str = setting("target", "DuoGPT residual correction", checks.one_of, choices=CORRECTIONS)
     hessian: str = setting(
         "sparse",
@@ -147,12 +142,12 @@ class PruneConfig:
         if self.alpha == "auto" and self.method == "duogpt":
             if self.correction != "target" or self.hessian != "sparse":
                 raise UsageError("--alpha auto chooses the corrected target's scale: use it with --correction target")
-            if self.nsamples < AUTO_ALPHA_MIN_SAMPLES:
-                raise UsageError(
-                    f"--alpha auto holds out one calibration sequence in four: give --nsamples "
-                    f"{AUTO_ALPHA_MIN_SAMPLES} or more (got {self.nsamples})"
-                )
         return self
+
+    @property
+    def chooses_alpha(self) -> bool:
+        """Whether the prune chooses DuoGPT's alpha per group on held-out windows (``pruning/alpha_choice.py``)."""
+        return self.alpha == "auto" and self.method == "duogpt"
 
     @property
     def targets_from_cost(self) -> bool:

@@ -153,6 +153,36 @@ def calibration_samples(
     return _with_bos([tokens[s : s + body] for s in starts.tolist()], bos)
 
 
+HELD_OUT_TRIES = 1000  # draws per held-out window before the text is called too short
+
+
+def held_out_samples(
+    tokens: torch.Tensor, count: int, nsamples: int, seqlen: int, seed: int, bos: int | None = None
+) -> torch.Tensor:
+    """``count`` more windows of the calibration text, none overlapping the ``nsamples`` windows that
+    ``calibration_samples`` draws with the same arguments: the same generator, drawn on after them,
+    each draw that overlaps a window already taken drawn again. Shape (count, seqlen)."""
+    body = _text_positions(seqlen, bos, "a held-out sample")
+    span = tokens.numel() - body + 1
+    if span < 1:
+        raise UsageError(f"calibration text has {tokens.numel()} tokens, fewer than one sample of --seqlen {seqlen}")
+    generator = torch.Generator().manual_seed(seed)
+    taken = torch.randint(0, span, (nsamples,), generator=generator).tolist()
+    held: list[int] = []
+    for _ in range(count):
+        for _ in range(HELD_OUT_TRIES):
+            start = int(torch.randint(0, span, (1,), generator=generator))
+            if all(abs(start - t) >= body for t in taken + held):
+                held.append(start)
+                break
+        else:
+            raise UsageError(
+                f"the calibration text is too short to hold out {count} windows of {seqlen} tokens besides the "
+                f"{nsamples} calibration windows (--alpha auto): give more text, fewer --nsamples or a smaller --seqlen"
+            )
+    return _with_bos([tokens[s : s + body] for s in held], bos)
+
+
 def eval_windows(tokens: torch.Tensor, seqlen: int, max_windows: int | None = None, bos: int | None = None):
     """Non-overlapping windows of ``seqlen`` tokens (a BOS first when given), evenly spread when capped.
 

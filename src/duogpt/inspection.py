@@ -33,7 +33,7 @@ def inspect_model(model: str | None, cfg: PruneConfig | None = None) -> dict:
     }
     bos = corpus.bos_token(tokenizer, cfg.bos)
     streams = len(stream_names(cfg))
-    held = cfg.alpha == "auto"
+    held = cfg.chooses_alpha
     need = preflight.estimate(skeleton, cfg.nsamples, cfg.seqlen, streams, with_work_dir=True, held_out=held)
     out_of_core = preflight.estimate(
         skeleton, cfg.nsamples, cfg.seqlen, streams, True, offload=True, batch_size=cfg.batch_size, held_out=held

@@ -37,17 +37,23 @@ def same_checkpoint(a, b) -> None:
     assert [[r[k] for k in keys] for r in ma["linears"]] == [[r[k] for k in keys] for r in mb["linears"]]
 
 
-@pytest.mark.parametrize("method", ["duogpt", "sparsegpt", "wanda", "duogpt-auto"])
+@pytest.mark.parametrize("method", ["duogpt", "sparsegpt", "wanda"])
 def test_offload_writes_the_in_memory_checkpoint_bit_for_bit(method, tmp_path, text_file):
     src = sharded_checkpoint(tmp_path / "src")
-    extra = dict(alpha="auto") if method.endswith("-auto") else {}
-    common = dict(method=method.removesuffix("-auto"), calib=str(text_file), **SETTINGS, **extra)
+    common = dict(method=method, calib=str(text_file), **SETTINGS)
     duogpt.prune(str(src), out=tmp_path / "mem", offload=False, **common)
     model = duogpt.prune(str(src), out=tmp_path / "ooc", offload=True, **common)
     same_checkpoint(tmp_path / "mem", tmp_path / "ooc")
     meta = json.loads((tmp_path / "ooc" / "duogpt.json").read_text())
     assert meta["resources"]["offload"] is True and model.duogpt_report is not None
     assert all(p.is_meta for p in model.model.layers.parameters())  # no block stayed in memory
+
+
+def test_offload_refuses_alpha_auto_before_writing_anything(tmp_path, text_file):
+    src = sharded_checkpoint(tmp_path / "src")
+    with pytest.raises(UsageError, match="--alpha auto .* every block in memory: drop --offload"):
+        duogpt.prune(str(src), out=tmp_path / "out", offload=True, alpha="auto", calib=str(text_file), **SETTINGS)
+    assert not (tmp_path / "out").exists()
 
 
 def test_offload_holds_no_weights_outside_the_block_while_pruning(tmp_path, text_file, monkeypatch):

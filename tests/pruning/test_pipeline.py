@@ -12,13 +12,14 @@ from conftest import tiny_llama_config, tiny_model
 from duogpt.config import PruneConfig
 from duogpt.errors import UsageError
 from duogpt.models import GROUPS, find_blocks
-from duogpt.pruning import groups, methods, pipeline, solvers, sparsify, statistics
+from duogpt.pruning import alpha_choice, groups, methods, sparsify, statistics
 from duogpt.pruning.pipeline import prune_model
+from duogpt.pruning.statistics import capture_inputs
 
 
-def run(model, samples, **settings):
+def run(model, samples, held=None, **settings):
     cfg = PruneConfig(**{"nsamples": 8, "seqlen": 32, "batch_size": 4, "blocksize": 16, **settings})
-    return prune_model(model, samples, cfg, progress=False)
+    return prune_model(model, samples, cfg, progress=False, held=held)
 
 
 @pytest.mark.parametrize("method", ["duogpt", "sparsegpt", "wanda", "magnitude"])
@@ -65,22 +66,71 @@ def test_duogpt_reconstructs_dense_output_better_than_sparsegpt(samples):
     assert errors["duogpt"] < errors["sparsegpt"]
 
 
-def test_alpha_auto_chooses_and_records_alpha_and_ridge_per_linear(samples):
+def _held():
+    return torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(5))
+
+
+def test_alpha_auto_keeps_each_groups_alpha_with_the_least_held_out_loss(samples):
     model = tiny_model()
-    result = run(model, samples, method="duogpt", weight_sparsity=0.5, act_sparsity=0.5, alpha="auto")
-    chosen = [(r.alpha, r.ridge) for r in result.linears]
-    assert len(chosen) == 14 and all(0 <= a <= solvers.MAX_ALPHA and r in solvers.AUTO_RIDGES for a, r in chosen)
-    assert len(set(chosen)) > 1  # per linear, not one global choice
-    # a fixed alpha is recorded as given
-    fixed = run(tiny_model(), samples, method="duogpt", alpha=0.5, ridge=0.2)
-    assert {(r.alpha, r.ridge) for r in fixed.linears} == {(0.5, 0.2)}
+    result = run(model, samples, weight_sparsity=0.5, act_sparsity=0.5, alpha="auto", held=_held())
+    _, blocks = find_blocks(model)
+    assert list(result.alpha_losses) == [f"layers.{b.index}.{g}" for b in blocks for g in GROUPS]
+    reports = iter(result.linears)
+    for block in blocks:
+        for group in GROUPS:
+            losses = result.alpha_losses[f"layers.{block.index}.{group}"]
+            assert [float(a) for a in losses] == list(alpha_choice.ALPHAS)
+            best = min(losses, key=losses.get)
+            for _ in block.groups[group]:
+                r = next(reports)
+                assert (r.alpha, r.ridge) == (float(best), 0.1), r.name
+    assert next(reports, None) is None  # one report per linear, the chosen solve's
+    assert len({r.alpha for r in result.linears}) > 1  # per group, not one global choice
+    fixed = run(tiny_model(), samples, alpha=0.5, ridge=0.2)  # a fixed alpha is recorded as given
+    assert {(r.alpha, r.ridge) for r in fixed.linears} == {(0.5, 0.2)} and fixed.alpha_losses == {}
 
 
-def test_alpha_auto_holds_out_every_fourth_sequence_of_the_whole_set():
-    split = pipeline._Split((64, 64, 32), (1, 2), seqlen=16, batch_size=4)  # this rank: chunks 1 and 2
-    rows = groups.held_rows(split, 0, 64)  # sequences 4..7, the first token of each left in the fit part
-    assert rows.tolist() == [False] * 48 + [False] + [True] * 15
-    assert groups.held_rows(split, 1, 32).tolist() == [False] * 16 + [False] * 16  # sequences 8, 9
+def test_alpha_auto_with_one_candidate_is_that_alpha_bit_for_bit(samples, monkeypatch):
+    """The held-out windows enter no threshold and no statistic: with 0.25 the only candidate, --alpha auto
+    prunes exactly as --alpha 0.25."""
+    monkeypatch.setattr(alpha_choice, "ALPHAS", (0.25,))
+    auto, fixed = tiny_model(), tiny_model()
+    a = run(auto, samples, weight_sparsity=0.5, act_sparsity=0.5, alpha="auto", held=_held())
+    b = run(fixed, samples, weight_sparsity=0.5, act_sparsity=0.5, alpha=0.25)
+    assert a.thresholds == b.thresholds
+    for (name, p), q in zip(auto.named_parameters(), fixed.parameters(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_held_out_loss_from_any_block_is_the_models_loss():
+    model = tiny_model().eval()
+    ids = _held()
+    with torch.no_grad():
+        expected = float(model(input_ids=ids, labels=ids).loss)
+        hidden, kwargs = capture_inputs(model, [ids])
+        after_first = find_blocks(model)[0][0](hidden[0], **kwargs[0][0])
+    assert alpha_choice.held_out_loss(model, 0, hidden[0], ids) == pytest.approx(expected, rel=1e-5)
+    assert alpha_choice.held_out_loss(model, 1, after_first, ids) == pytest.approx(expected, rel=1e-5)
+    assert isinstance(find_blocks(model)[0][0], type(find_blocks(tiny_model())[0][0]))  # the blocks are put back
+
+
+def test_choose_keeps_the_least_loss_solve_and_starts_each_from_the_original():
+    w = torch.zeros(3)
+    seen = []
+
+    def solve(alpha):
+        seen.append(w.clone())
+        w.add_(alpha)
+        return [f"report {alpha}"]
+
+    alpha, reports, losses = alpha_choice.choose([w], solve, lambda: abs(float(w[0]) - 0.1))
+    assert alpha == 0.125 and reports == ["report 0.125"] and torch.equal(w, torch.full((3,), 0.125))
+    assert all(torch.equal(s, torch.zeros(3)) for s in seen) and list(losses) == list(alpha_choice.ALPHAS)
+
+
+def test_alpha_auto_needs_held_out_windows(samples):
+    with pytest.raises(UsageError, match="held-out windows"):
+        run(tiny_model(), samples, alpha="auto")
 
 
 @pytest.mark.parametrize("method", ["duogpt", "sparsegpt"])
@@ -89,12 +139,12 @@ def test_sink_weight_counts_each_sequences_first_token_that_many_times(method, s
     seen, sink = [], []
 
     class Sums(statistics.Accumulator):  # also sums the sink tokens' rows apart (weight 1 run)
-        def add(self, fit, dense=None, held=None):
+        def add(self, fit, dense=None):
             first = torch.arange(fit.shape[0]) % 32 == 0
             f = fit[first].double()
             d = None if dense is None else dense[first].double()
             sink.append((f.T @ f, None if d is None else (d - f).T @ f))
-            super().add(fit, dense, held)
+            super().add(fit, dense)
 
     entry = methods.METHODS[method]
     solve = lambda W, st, *a: seen.append(st) or entry.solve(W, st, *a)  # noqa: E731
@@ -123,7 +173,7 @@ def test_weigh_sink_scales_first_rows_and_weight_one_changes_nothing():
 
 @pytest.mark.parametrize(
     "settings, message",
-    [(dict(nsamples=3, batch_size=1), "--nsamples 4 or more"), (dict(correction="sequential"), "--correction target")],
+    [(dict(correction="sequential"), "--correction target")],
 )
 def test_alpha_auto_refuses_what_it_cannot_do(settings, message):
     with pytest.raises(UsageError, match=message):

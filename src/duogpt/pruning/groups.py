@@ -11,23 +11,15 @@ the same order either way: the same bits, and the same as one process summing ev
 
 With ``--sink-weight W`` each sequence's first token is weighted ``W`` in the sums (its rows of the
 fit and dense inputs scaled by ``sqrt(W)``, ``statistics.weigh_sink_``), after the threshold is set.
-
-With ``--alpha auto`` every ``HOLD_EVERY``-th calibration sequence (by its index in the whole
-set, whichever process holds it) is also summed apart: the held-out statistics the solver
-chooses alpha on (``solvers.choose_alpha``).
 """
 
 from __future__ import annotations
-
-import torch
 
 from duogpt.pruning import sparsify
 from duogpt.pruning.distributed import all_sum, all_sum_floats
 from duogpt.pruning.methods import Method
 from duogpt.pruning.spill import ChunkStore
 from duogpt.pruning.statistics import Accumulator, DenseRun, Statistics, group_input, weigh_sink_
-
-HOLD_EVERY = 4
 
 
 def group_statistics(
@@ -41,8 +33,7 @@ def group_statistics(
         tau = _threshold(block, group, comp, kw, cfg, result, split, store)
         result.thresholds[name] = tau
         sparsify.install(model, {name: tau}, cfg.sparsify_prefill)
-    auto = cfg.alpha == "auto" and "G" in method.statistics
-    acc, zeros, total = Accumulator(method.statistics | ({"held"} if auto else set())), 0, 0
+    acc, zeros, total = Accumulator(method.statistics), 0, 0
     for c in range(len(kw)):
         fit = None
         if comp is not None:
@@ -55,26 +46,14 @@ def group_statistics(
         for rows in (fit, dense_c):
             if rows is not None:
                 weigh_sink_(rows, split.seqlen, cfg.sink_weight)
-        held = held_rows(split, c, fit.shape[0]) if auto else None
         with result.timed("statistics"):
-            acc.add(fit, dense_c, held)
+            acc.add(fit, dense_c)
         del fit, dense_c
     if comp is not None:
         zeros, total = all_sum_floats([zeros, total])
         result.calib_act_sparsity[name] = zeros / total
     with result.timed("statistics"):
         return acc.finish(dense.out_norm2 if dense is not None else {})
-
-
-def held_rows(split, c: int, rows: int) -> torch.Tensor:
-    """Which token rows of this process's chunk ``c`` are held out: those of the sequences whose
-    index in the whole calibration set is a multiple of HOLD_EVERY, minus one, except each
-    sequence's first token. The first position is the attention sink, with activations far above
-    the rest; left in, it decides the held-out error of many layers (on the default model at
-    50/50, perplexity 106.3 with it, 90.9 without)."""
-    position = torch.arange(rows)
-    sequence = split.mine[c] * split.batch_size + position // split.seqlen
-    return (sequence % HOLD_EVERY == HOLD_EVERY - 1) & (position % split.seqlen > 0)
 
 
 def _threshold(block, group, comp, kw, cfg, result, split, store: ChunkStore) -> float:

@@ -63,9 +63,8 @@ def _duogpt(W, stats, cfg, pattern):
     if not solvers.all_finite(stats.G):
         raise solvers.IllConditioned("the correction statistics G have NaN/Inf entries (the inputs overflowed)")
     alpha, ridge = cfg.alpha, cfg.ridge
-    if alpha == "auto":  # chosen on the held-out sequences, fit on the others; then solved on all
-        held = (stats.H_held, stats.G_held)
-        alpha, ridge = solvers.choose_alpha(W, stats.H - held[0], stats.G - held[1], *held)
+    if alpha == "auto":  # the pipeline solves each candidate with a number (pruning/alpha_choice.py)
+        raise UsageError("--alpha auto is chosen by the pipeline (prune_model with held-out windows), not per linear")
     new = solvers.duogpt(
         W, stats.H, stats.G, cfg.weight_sparsity, pattern, alpha, ridge, cfg.correction, cfg.blocksize, cfg.percdamp
     )

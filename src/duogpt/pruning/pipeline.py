@@ -25,7 +25,7 @@ from duogpt.config import PruneConfig
 from duogpt.errors import UsageError
 from duogpt.logs import log
 from duogpt.models import GROUPS, Block, find_blocks
-from duogpt.pruning import allocation, solvers, sparsify
+from duogpt.pruning import allocation, alpha_choice, solvers, sparsify
 from duogpt.pruning.distributed import my_chunks, share, share_object, world
 from duogpt.pruning.groups import group_statistics
 from duogpt.pruning.methods import Method, method_for
@@ -75,8 +75,12 @@ def prune_model(
     progress: bool = True,
     work_dir: str | Path | None = None,
     blocks_io: OffloadedBlocks | None = None,
+    held: torch.Tensor | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place to dual sparsity; returns thresholds and per-linear reports.
+
+    ``held``: with ``--alpha auto``, the held-out windows its choice is made on
+    (``corpus.held_out_samples``; see ``pruning/alpha_choice.py``).
 
     With ``work_dir`` the state after every block is saved there, and a prune that finds a
     state from the same run continues after its last finished block (bit-identical result).
@@ -84,6 +88,7 @@ def prune_model(
     and handed on and emptied right after.
     """
     cfg.validate()
+    auto = _auto_alpha(cfg, held, blocks_io)
     start = time.perf_counter()
     _, blocks = find_blocks(model)
     device = next(model.parameters()).device
@@ -105,6 +110,10 @@ def prune_model(
     if blocks_io is not None:
         blocks_io.release_rest(model)
     streams = {name: list(hidden) for name in stream_names(cfg)}
+    held_args = None
+    if auto:  # the held-out windows ride the compressed stream as their own chunk
+        streams["held"], held_kwargs = capture_inputs(model, [held.to(device)])
+        held_args = (held_kwargs, held.to(device))
     sparsifiers = sparsify.install(model, {}, cfg.sparsify_prefill)
     first = 0
     if saved is not None:
@@ -133,7 +142,7 @@ def prune_model(
         _with_block(
             blocks_io,
             block,
-            lambda b: _finish_block(model, b, streams, kwargs, cfg, result, work, start, split, store),
+            lambda b: _finish_block(model, b, streams, kwargs, cfg, result, work, start, split, store, held_args),
             result,
         )
         result.block_seconds[-1]["total"] = time.perf_counter() - t0
@@ -180,16 +189,32 @@ def _with_block(blocks_io: OffloadedBlocks | None, block: Block, work, result: P
             blocks_io.done(block)
 
 
-def _finish_block(model, block, streams, kwargs, cfg, result, work: WorkDir | None, start, split, store) -> None:
-    _prune_block(model, block, streams, kwargs[block.index], cfg, result, split, store)
+def _auto_alpha(cfg: PruneConfig, held: torch.Tensor | None, blocks_io) -> bool:
+    """Whether this prune chooses alpha per group (``--alpha auto`` with DuoGPT); refuses what it cannot do."""
+    if not cfg.chooses_alpha:
+        return False
+    if blocks_io is not None:
+        raise UsageError(alpha_choice.NEEDS_MEMORY)
+    if held is None or held.ndim != 2 or held.shape[0] == 0:
+        raise UsageError("--alpha auto needs held-out windows (prune_model(..., held=ids), corpus.held_out_samples)")
+    return True
+
+
+def _finish_block(
+    model, block, streams, kwargs, cfg, result, work: WorkDir | None, start, split, store, held_args=None
+) -> None:
+    held = None if held_args is None else (held_args[1], held_args[0][block.index][0])
+    _prune_block(model, block, streams, kwargs[block.index], cfg, result, split, store, held)
     if work is not None:
         with result.timed("io"):
             work.save(block, streams, result, time.perf_counter() - start)
 
 
-def _prune_block(model, block: Block, streams: dict, kw: list[dict], cfg: PruneConfig, result, split, store):
+def _prune_block(model, block: Block, streams: dict, kw: list[dict], cfg: PruneConfig, result, split, store, held=None):
     """Calibrate and prune one block group by group, then move every stream past it (``store``: where
-    a group's inputs wait between the pass that makes them and the one that uses them)."""
+    a group's inputs wait between the pass that makes them and the one that uses them; ``held``: with
+    ``--alpha auto`` the held-out windows' token ids and this block's call arguments for them; their
+    input to the block is ``streams["held"]``)."""
     method = method_for(cfg.method, cfg.hessian)
     dense = None
     if "dense" in streams:
@@ -199,23 +224,47 @@ def _prune_block(model, block: Block, streams: dict, kw: list[dict], cfg: PruneC
     for group in GROUPS:
         gcfg = at_targets(cfg, result.targets, f"layers.{block.index}.{group}")
         stats = group_statistics(model, block, group, streams, kw, gcfg, result, split, method, dense, store)
-        _solve_group(block, group, method, gcfg, stats, result)
+        if held is None:
+            result.linears.extend(_solve_group(block, group, method, gcfg, stats, result))
+        else:
+            _choose_and_solve(model, block, group, method, gcfg, stats, result, streams["held"][0], held[0])
         del stats
     del dense
     with result.timed("forward"):
         if "comp" in streams:
             streams["comp"] = run_block(block.module, streams["comp"], kw)
+        if held is not None:
+            streams["held"] = run_block(block.module, streams["held"], [held[1]])
         if "calib" in streams:
             with sparsify.disabled(model):
                 streams["calib"] = run_block(block.module, streams["calib"], kw)
 
 
-def _solve_group(block, group, method: Method, cfg, stats, result: PruneResult) -> None:
-    """Solve every linear (every part of a fused one) of one group from its calibration statistics."""
+def _choose_and_solve(model, block, group, method: Method, cfg, stats, result: PruneResult, hidden, ids) -> None:
+    """``--alpha auto``: the group solved at each candidate alpha, the one with the least loss of the
+    held-out windows (``ids``, entering this block as ``hidden``) kept."""
+
+    def loss() -> float:
+        with result.timed("alpha"):
+            return alpha_choice.held_out_loss(model, block.index, hidden, ids)
+
+    weights = [linear.weight.data for linear in block.groups[group].values()]
+    alpha, reports, losses = alpha_choice.choose(
+        weights, lambda a: _solve_group(block, group, method, dataclasses.replace(cfg, alpha=a), stats, result), loss
+    )
+    result.linears.extend(reports)
+    result.alpha_losses[f"layers.{block.index}.{group}"] = {str(a): v for a, v in losses.items()}
+    log.info("layers.%d.%s: alpha %s (held-out losses %s)", block.index, group, alpha, losses)
+
+
+def _solve_group(block, group, method: Method, cfg, stats, result: PruneResult) -> list[LinearReport]:
+    """Solve every linear (every part of a fused one) of one group from its calibration statistics;
+    returns their reports."""
     pattern = solvers.parse_pattern(cfg.pattern)
     parent = GROUPS[group][0]
     parts = [(linear, part) for lname, linear in block.groups[group].items() for part in block.parts(lname, linear)]
     rank, size = world()
+    reports = []
     for i, (linear, part) in enumerate(parts):  # with several processes, part i is solved by rank i % size
         t0 = time.perf_counter()
         rows = linear.weight.data[part.start : part.stop]
@@ -229,8 +278,9 @@ def _solve_group(block, group, method: Method, cfg, stats, result: PruneResult) 
             err, seconds, chosen = share_object((err, time.perf_counter() - t0, chosen), i % size)
         rows.copy_(new)
         sparsity = float((rows == 0).float().mean())
-        result.linears.append(LinearReport(full, sparsity, err, seconds, **chosen))
+        reports.append(LinearReport(full, sparsity, err, seconds, **chosen))
         log.info("%-28s sparsity %.3f  rel. error %s", full, sparsity, "n/a" if err is None else f"{err:.4f}")
+    return reports
 
 
 def _solve_part(

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from duogpt.errors import UsageError
 from duogpt.models import find_blocks
+from duogpt.pruning.alpha_choice import HELD_SEQUENCES
 
 RUNTIME_ALLOWANCE = 700 * 2**20  # Python, torch, transformers, tokenizer
 
@@ -53,7 +54,8 @@ def estimate(
 ) -> Estimate:
     """Works on a model whose weights are not loaded (meta tensors): only shapes and dtypes are used.
 
-    ``held_out``: ``--alpha auto``'s held-out H and G and the fit parts made from them."""
+    ``held_out``: ``--alpha auto``'s held-out stream (old and new, ``alpha_choice.HELD_SEQUENCES``
+    windows) and two copies of the largest group's weights (the original and the best solve so far)."""
     _, blocks = find_blocks(model)
     value_bytes = next(model.parameters()).element_size()
     model_bytes = _bytes(model.parameters())
@@ -75,9 +77,12 @@ def estimate(
         chunk = min(nsamples, batch_size) * seqlen
         widest_out = max(lin.out_features for lin in blocks[0].linears().values())
         group_inputs = chunk * 4 * 4 * max(widths) + 2 * chunk * 8 * widest_out + 2 * 4 * 2**22
-    stats = (10 if held_out else 6) * 8 * max(widths) ** 2  # float64 H, G and the solver's k x k factors
+    stats = 6 * 8 * max(widths) ** 2  # float64 H, G and the solver's k x k factors
     solver = 4 * 8 * biggest
     memory = resident + 2 * stream_bytes + group_inputs + stats + solver + RUNTIME_ALLOWANCE  # old and new streams
+    if held_out:
+        group_bytes = max(sum(lin.weight.numel() for lin in g.values()) for g in blocks[0].groups.values())
+        memory += 2 * HELD_SEQUENCES * seqlen * hidden * value_bytes + 2 * group_bytes * value_bytes
     linear_bytes = sum(lin.weight.numel() for b in blocks for lin in b.linears().values()) * value_bytes
     disk = model_bytes + 50 * 2**20  # compact: a linear is stored packed only when that is smaller; + tokenizer
     if with_work_dir:

@@ -33,6 +33,7 @@ class PruneResult:
     targets: dict[str, tuple[float, float]] = field(default_factory=dict)  # group -> (p_w, p_x) it was pruned to
     estimated_decode_speedup: float | None = None  # the cost model's, at the targets
     allocation: dict | None = None  # --allocation search: proxy losses, scores taken, the shape found
+    alpha_losses: dict[str, dict[str, float]] = field(default_factory=dict)  # --alpha auto: group -> alpha -> loss
 
     @contextlib.contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -58,4 +59,5 @@ class PruneResult:
             "estimated_decode_speedup": self.estimated_decode_speedup,
             "targets": {k: {"weight_sparsity": w, "act_sparsity": x} for k, (w, x) in self.targets.items()},
             "allocation": self.allocation,
+            "alpha_losses": self.alpha_losses,
         }

@@ -63,7 +63,7 @@ def streams_file() -> str:
     return STREAMS_FILE if size == 1 else f"streams-rank{rank}.safetensors"
 
 
-PHASES = ("forward", "statistics", "solve", "io")
+PHASES = ("forward", "statistics", "solve", "io", "alpha")
 
 
 class WorkDir:
@@ -142,6 +142,7 @@ class WorkDir:
             "next_block": block.index + 1,
             "targets": result.targets,  # a resume prunes to the same targets without searching again
             "allocation": result.allocation,
+            "alpha_losses": result.alpha_losses,
         }
         with atomic_path(self.path / STATE_FILE) as tmp:
             tmp.write_text(json.dumps(state))
@@ -165,6 +166,7 @@ class WorkDir:
         result.thresholds.update(saved["thresholds"])
         result.calib_act_sparsity.update(saved["calib_act_sparsity"])
         result.linears.extend(LinearReport(**r) for r in saved["linears"])
+        result.alpha_losses.update(saved.get("alpha_losses", {}))
         result.block_seconds[:] = saved.get("block_seconds", [])  # the finished blocks' timings, from any session
         for record in result.block_seconds:  # a state is saved inside its last block, before that block's total
             record.setdefault("total", sum(v for key, v in record.items() if key in PHASES))

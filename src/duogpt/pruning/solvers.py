@@ -385,51 +385,6 @@ def corrected_target_reference(W, H, G, alpha, ridge) -> torch.Tensor:
     return W.double() + alpha * (W.double() @ G.double()) @ torch.linalg.inv(Hr)
 
 
-AUTO_RIDGES = (0.01, 0.1, 1.0)  # --alpha auto tries each (fractions of mean diag H), one decade apart
-MAX_ALPHA = 1.0  # alpha 1 is the least-squares target; beyond it the correction overshoots
-
-
-def choose_alpha(
-    W, H_fit, G_fit, H_held, G_held, ridges=AUTO_RIDGES, max_alpha: float = MAX_ALPHA, rows: int = 1024
-) -> tuple[float, float]:
-    """``(alpha, ridge)`` whose corrected target best predicts held-out calibration tokens.
-
-    The correction ``D = (W G_fit)(H_fit + ridge * mean(diag H_fit) I)^-1`` is fit on some tokens;
-    on the held-out ones (``H_held = Xs Xs^T``, ``G_held = dX Xs^T``, ``dX = Xd - Xs``) the error of
-    the target ``W + a D`` is quadratic in ``a``:
-
-        ||(W + a D) Xs - W Xd||^2 = a^2 <D H_held, D> - 2 a <W G_held, D> + ||W dX||^2
-
-    so the best ``a`` is ``<W G_held, D> / <D H_held, D>`` (clipped to ``[0, max_alpha]``), which
-    lowers the held-out error by ``a (2 <W G_held, D> - a <D H_held, D>)``; the ridge that lowers it
-    most wins (alpha 0 when none helps). Pruning error is not part of the criterion: it measures
-    whether the correction generalises, which is what too few tokens per input spoils.
-    """
-    best = (0.0, ridges[0], 0.0)
-    for ridge in ridges:
-        D = corrected_target(W, H_fit, G_fit, 1.0, ridge, rows).sub_(W.double())
-        num = den = 0.0
-        for r in range(0, W.shape[0], rows):
-            d = D[r : r + rows]
-            num += float(((W[r : r + rows].double() @ G_held.double()) * d).sum())
-            den += float(((d @ H_held.double()) * d).sum())
-        del D
-        alpha = min(max(num / den, 0.0), max_alpha) if den > 0 else 0.0
-        gain = alpha * (2 * num - alpha * den)
-        if gain > best[2]:
-            best = (alpha, ridge, gain)
-    return best[0], best[1]
-
-
-def heldout_error_reference(W, alpha, ridge, Xs_fit, Xd_fit, Xs_held, Xd_held) -> float:
-    """Slow check of ``choose_alpha``: ``||Wt Xs - W Xd||^2`` on held-out columns (k x m inputs),
-    ``Wt`` the corrected target fit on the others, through an explicit inverse."""
-    H = Xs_fit.double() @ Xs_fit.double().T
-    G = (Xd_fit - Xs_fit).double() @ Xs_fit.double().T
-    Wt = corrected_target_reference(W, H, G, alpha, ridge)
-    return float((Wt @ Xs_held.double() - W.double() @ Xd_held.double()).pow(2).sum())
-
-
 def sequential_correction(H: torch.Tensor, G: torch.Tensor, alpha: float, percdamp: float) -> torch.Tensor:
     """GPTAQ-style correction matrix ``P = alpha * triu(G U^T, 1) U`` with ``H^-1 = U^T U``.
 

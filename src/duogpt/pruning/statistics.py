@@ -8,10 +8,7 @@ statistics are sums over chunks in float64:
   ``Xd Xs^T - H`` would cancel in float32 and hold a third k x k matrix; the error uses the
   cross term ``Xs Xd^T = G^T + H``,
 - ``dense_H = Xd Xd^T`` (the dense-Hessian ablation), ``norms2_j = ||X_j||^2`` (Wanda),
-- ``out_norm2[linear] = ||W Xd||^2`` over all tokens (the scale of the dense target),
-- ``H_held``, ``G_held``: H and G again over the held-out tokens only (``--alpha auto``: a
-  quarter of the calibration sequences, see ``pruning/groups.py``); the fit part is the
-  difference, ``H - H_held``.
+- ``out_norm2[linear] = ||W Xd||^2`` over all tokens (the scale of the dense target).
 
 Every sum may weigh each sequence's first token (the attention sink) by ``sink_weight`` instead
 of 1: its rows of ``Xs`` and ``Xd`` are scaled by ``sqrt(sink_weight)`` before they are added
@@ -186,8 +183,6 @@ class Statistics:
     dense_H: torch.Tensor | None = None
     norms2: torch.Tensor | None = None
     out_norm2: dict[str, float] = field(default_factory=dict)
-    H_held: torch.Tensor | None = None
-    G_held: torch.Tensor | None = None
 
 
 class Accumulator:
@@ -197,14 +192,9 @@ class Accumulator:
     def __init__(self, needed: frozenset[str]):
         self.needed, self.stats = needed, Statistics()
 
-    def add(self, fit: torch.Tensor, dense: torch.Tensor | None = None, held: torch.Tensor | None = None) -> None:
-        """One chunk: the inputs the weights are fit to, (DuoGPT) the same tokens' dense inputs and
-        (held-out statistics) which of its rows are held out."""
+    def add(self, fit: torch.Tensor, dense: torch.Tensor | None = None) -> None:
+        """One chunk: the inputs the weights are fit to and (DuoGPT) the same tokens' dense inputs."""
         st = self.stats
-        if "held" in self.needed and bool(held.any()):
-            f, d = fit[held], dense[held]
-            st.H_held = _add_product(st.H_held, f, f)
-            st.G_held = _add_product(st.G_held, d - f, f)
         if "H" in self.needed:
             st.H = _add_product(st.H, fit, fit)
         if "G" in self.needed:  # (Xd - Xs) Xs^T, without the cancellation of Xs Xd^T - H
@@ -218,9 +208,7 @@ class Accumulator:
     def finish(self, out_norm2: dict) -> Statistics:
         """The sums over every process's chunks."""
         st = self.stats
-        if "held" in self.needed and st.H_held is None:  # no held-out rows here: zeros, so every rank sums
-            st.H_held, st.G_held = torch.zeros_like(st.H), torch.zeros_like(st.H)
-        for name in ("H", "G", "dense_H", "norms2", "H_held", "G_held"):
+        for name in ("H", "G", "dense_H", "norms2"):
             if getattr(st, name) is not None:
                 setattr(st, name, all_sum(getattr(st, name)))
         st.out_norm2 = out_norm2
