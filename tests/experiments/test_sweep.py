@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
+from conftest import tiny_model
 from duogpt.cli import main
 from duogpt.experiments import sweep
-from duogpt.experiments.presets import PRESETS
+from duogpt.experiments.presets import PRESETS, Cell
 
 WORDS = "river stone garden window market letter summer doctor engine island silver forest".split()
 
@@ -132,3 +134,19 @@ def test_preset_sections_split_a_results_document_by_preset():
     assert sections["paper"] == "### Preset `paper`\n\ntable 1\n"
     assert sections["ablate-alpha"].endswith("table 2\n")
     assert preset_sections("# Results\n") == {}
+
+
+def test_an_alpha_auto_cell_prunes_on_the_grids_held_out_windows():
+    calls = []
+
+    def held():
+        calls.append("held")
+        return torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(1))
+
+    samples = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
+    grid = sweep.GridData(samples, samples[:1], "", "", None, held)
+    auto = Cell("auto", "duogpt", 0.5, 0.5, {"alpha": "auto", "batch_size": 2, "blocksize": 16})
+    thresholds, _ = sweep._prune(auto, tiny_model(), grid, progress=False)
+    assert calls == ["held"] and len(thresholds) == 8
+    sweep._prune(Cell("fixed", "duogpt", 0.5, 0.5, {"batch_size": 2}), tiny_model(), grid, progress=False)
+    assert calls == ["held"]  # drawn only for a cell that chooses alpha

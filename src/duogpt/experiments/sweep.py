@@ -15,9 +15,11 @@ no two methods (or settings) can share them past the first block.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from duogpt.files import run_lock, write_text
 from duogpt.logs import log, muted
 from duogpt.models import load_model
 from duogpt.pruning import sparsify
+from duogpt.pruning.alpha_choice import HELD_SEQUENCES
 from duogpt.pruning.pipeline import prune_model
 from duogpt.runtime import bench
 from duogpt.runtime.costmodel import decode_cost
@@ -52,6 +55,7 @@ class GridData:
     task_text: str
     description: str
     cross_windows: torch.Tensor | None = None  # windows of a second text of another domain
+    held_out: Callable[[], torch.Tensor] | None = None  # --alpha auto's held-out windows, drawn when a cell asks
 
 
 @dataclass
@@ -78,9 +82,8 @@ def prepare(
     cross_text: str | None = None,
 ) -> GridData:
     bos = corpus.bos_token(tokenizer)
-    samples = corpus.calibration_samples(
-        corpus.tokenize(tokenizer, corpus.load_text(calib, "calib")), nsamples, seqlen, seed, bos
-    )
+    calib_ids = corpus.tokenize(tokenizer, corpus.load_text(calib, "calib"))
+    samples = corpus.calibration_samples(calib_ids, nsamples, seqlen, seed, bos)
     text = corpus.load_text(eval_text, eval_split)
     windows = corpus.eval_windows(corpus.tokenize(tokenizer, text), seqlen, eval_windows, bos)
     desc = (
@@ -93,7 +96,8 @@ def prepare(
         ids = corpus.tokenize(tokenizer, corpus.load_text(cross_text, eval_split))
         cross = corpus.eval_windows(ids, seqlen, eval_windows, bos)
         desc += f"; cross-domain: {cross.shape[0]} x {seqlen} tokens of the {eval_split} part of {cross_text}"
-    return GridData(samples, windows, text, desc, cross)
+    held = functools.partial(corpus.held_out_samples, calib_ids, HELD_SEQUENCES, nsamples, seqlen, seed, bos)
+    return GridData(samples, windows, text, desc, cross, held)
 
 
 def _prune(cell: Cell, lm, grid: GridData, progress: bool) -> tuple[dict | None, float]:
@@ -112,7 +116,8 @@ def _prune(cell: Cell, lm, grid: GridData, progress: bool) -> tuple[dict | None,
             seqlen=grid.samples.shape[1],
             **settings,
         )
-        thresholds = prune_model(lm, grid.samples[: cfg.nsamples], cfg, progress=progress).thresholds
+        held = grid.held_out() if cfg.chooses_alpha and grid.held_out is not None else None
+        thresholds = prune_model(lm, grid.samples[: cfg.nsamples], cfg, progress=progress, held=held).thresholds
     elif cell.method == "shortgpt":
         removed = structured.remove_blocks(lm, cell.settings["remove_blocks"], grid.samples)
         cell.settings["removed_blocks"] = removed
