@@ -112,8 +112,9 @@ def prune_model(
     streams = {name: list(hidden) for name in stream_names(cfg)}
     held_args = None
     if auto:  # the held-out windows ride the compressed stream as their own chunk
-        streams["held"], held_kwargs = capture_inputs(model, [held.to(device)])
-        held_args = (held_kwargs, held.to(device))
+        ids = held.to(device)
+        streams["held"], held_kwargs = capture_inputs(model, [ids])
+        held_args = (ids, held_kwargs)
     sparsifiers = sparsify.install(model, {}, cfg.sparsify_prefill)
     first = 0
     if saved is not None:
@@ -203,7 +204,7 @@ def _auto_alpha(cfg: PruneConfig, held: torch.Tensor | None, blocks_io) -> bool:
 def _finish_block(
     model, block, streams, kwargs, cfg, result, work: WorkDir | None, start, split, store, held_args=None
 ) -> None:
-    held = None if held_args is None else (held_args[1], held_args[0][block.index][0])
+    held = None if held_args is None else (held_args[0], held_args[1][block.index][0])
     _prune_block(model, block, streams, kwargs[block.index], cfg, result, split, store, held)
     if work is not None:
         with result.timed("io"):
