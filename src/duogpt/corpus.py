@@ -140,6 +140,13 @@ def calibration_samples(
     tokens: torch.Tensor, nsamples: int, seqlen: int, seed: int, bos: int | None = None
 ) -> torch.Tensor:
     """``nsamples`` random windows of ``seqlen`` tokens (a BOS first when given), shape (nsamples, seqlen)."""
+    starts, _, body = _calibration_starts(tokens, nsamples, seqlen, seed, bos)
+    return _with_bos([tokens[s : s + body] for s in starts], bos)
+
+
+def _calibration_starts(tokens: torch.Tensor, nsamples: int, seqlen: int, seed: int, bos: int | None):
+    """The calibration windows' first text positions, the generator they were drawn from (to draw on)
+    and the text tokens per window."""
     checks.positive_int("nsamples", nsamples)
     checks.positive_int("seqlen", seqlen)
     body = _text_positions(seqlen, bos, "a calibration sample")
@@ -150,7 +157,7 @@ def calibration_samples(
         )
     generator = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, tokens.numel() - body + 1, (nsamples,), generator=generator)
-    return _with_bos([tokens[s : s + body] for s in starts.tolist()], bos)
+    return starts.tolist(), generator, body
 
 
 HELD_OUT_TRIES = 1000  # draws per held-out window before the text is called too short
@@ -162,12 +169,8 @@ def held_out_samples(
     """``count`` more windows of the calibration text, none overlapping the ``nsamples`` windows that
     ``calibration_samples`` draws with the same arguments: the same generator, drawn on after them,
     each draw that overlaps a window already taken drawn again. Shape (count, seqlen)."""
-    body = _text_positions(seqlen, bos, "a held-out sample")
+    taken, generator, body = _calibration_starts(tokens, nsamples, seqlen, seed, bos)
     span = tokens.numel() - body + 1
-    if span < 1:
-        raise UsageError(f"calibration text has {tokens.numel()} tokens, fewer than one sample of --seqlen {seqlen}")
-    generator = torch.Generator().manual_seed(seed)
-    taken = torch.randint(0, span, (nsamples,), generator=generator).tolist()
     held: list[int] = []
     for _ in range(count):
         for _ in range(HELD_OUT_TRIES):
