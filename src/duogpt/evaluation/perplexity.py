@@ -89,13 +89,19 @@ def token_nlls(model: torch.nn.Module, ids: torch.Tensor, chunk: int = LOSS_CHUN
     The logits are made ``chunk`` positions at a time from one pass of the decoder, so the
     memory for them is batch x chunk x vocabulary, not batch x seqlen x vocabulary.
     """
-    hidden = final_hidden(model, ids)
+    return nlls_from_hidden(model, final_hidden(model, ids), ids, chunk)
+
+
+def nlls_from_hidden(model: torch.nn.Module, hidden: torch.Tensor, ids: torch.Tensor, chunk: int = LOSS_CHUNK):
+    """``token_nlls`` from the decoder's final hidden states ``hidden`` (batch, seqlen, d) of ``ids``:
+    the LM head and the loss ``chunk`` positions at a time; (batch, seqlen - 1), float64 on the CPU."""
     steps = ids.shape[1] - 1
     out = torch.empty(ids.shape[0], steps, dtype=torch.float64)
     for s in range(0, steps, chunk):
         e = min(s + chunk, steps)
         logits = logits_from_hidden(model, hidden[:, s:e])
-        out[:, s:e] = F.cross_entropy(logits.transpose(1, 2), ids[:, s + 1 : e + 1], reduction="none").double().cpu()
+        labels = ids[:, s + 1 : e + 1].to(logits.device)
+        out[:, s:e] = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").double().cpu()
     return out
 
 

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from duogpt.evaluation.perplexity import LOSS_CHUNK, logits_from_hidden
+from duogpt.evaluation.perplexity import nlls_from_hidden
 from duogpt.models import find_blocks
 from duogpt.pruning.distributed import share_object
 
@@ -52,8 +52,8 @@ class _Skip(nn.Module):
 @torch.no_grad()
 def held_out_loss(model: nn.Module, index: int, hidden: torch.Tensor, ids: torch.Tensor) -> float:
     """Mean next-token loss of ``ids`` when block ``index`` gets ``hidden`` as its input: the decoder
-    runs from there (earlier blocks skipped, its own final norm), then the LM head ``LOSS_CHUNK``
-    positions at a time."""
+    runs from there (earlier blocks skipped, its own final norm), then the LM head and the loss a
+    chunk of positions at a time (``perplexity.nlls_from_hidden``)."""
     layers, _ = find_blocks(model)
     originals = list(layers)
 
@@ -71,14 +71,7 @@ def held_out_loss(model: nn.Module, index: int, hidden: torch.Tensor, ids: torch
         handle.remove()
         for j in range(index):
             layers[j] = originals[j]
-    total, count = 0.0, 0
-    for s in range(0, ids.shape[1] - 1, LOSS_CHUNK):
-        e = min(s + LOSS_CHUNK, ids.shape[1] - 1)
-        logits = logits_from_hidden(model, final[:, s:e])
-        labels = ids[:, s + 1 : e + 1].to(logits.device)
-        total += float(nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum"))
-        count += labels.numel()
-    return total / count
+    return float(nlls_from_hidden(model, final, ids).mean())
 
 
 def choose(weights: list[torch.Tensor], solve: Callable[[float], list], loss: Callable[[], float]):
