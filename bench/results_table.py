@@ -56,7 +56,9 @@ def main() -> None:
         records += [dict(r, preset=name, variant=field and r["settings"].get(field)) for r in results]
     kept, kept_records = _kept(doc, set(names)) if not args.replace else ({}, [])
     order = list(kept) + [n for n in names if n not in kept]
-    text = "\n".join([HEADER.format(presets=", ".join(order)), *[sections.get(n) or kept[n] for n in order]])
+    # each section ends in one blank line, however a kept one was cut from the document
+    parts = [(sections.get(n) or kept[n]).rstrip("\n") + "\n" for n in order]
+    text = "\n".join([HEADER.format(presets=", ".join(order)), *parts])
     write_text(doc, text)
     records = kept_records + records
     columns = ["preset", *CSV_COLUMNS]
